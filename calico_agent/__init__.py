@@ -1,0 +1,1 @@
+"""calico_agent — not built yet (see the open issues)."""

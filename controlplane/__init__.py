@@ -1,0 +1,1 @@
+"""controlplane — not built yet (see the open issues)."""

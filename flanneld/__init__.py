@@ -1,0 +1,1 @@
+"""flanneld — not built yet (see the open issues)."""

@@ -1,0 +1,1 @@
+"""proxy — not built yet (see the open issues)."""
