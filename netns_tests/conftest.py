@@ -1,0 +1,52 @@
+"""Fixtures for the root-only tier: simulated hosts and pods in private network namespaces.
+
+The whole tier is skipped (with the reason) when not root.  Every test gets the `netns` marker
+and pytest-timeout's limit from pyproject.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from podnet.testing.harness import Topology
+
+REFERENCE_CNI = "/usr/lib/cni"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip = pytest.mark.skip(reason="netns tests need root (CAP_NET_ADMIN, CAP_SYS_ADMIN)")
+    for item in items:
+        if "netns_tests" in str(item.fspath):
+            item.add_marker(pytest.mark.netns)
+            if os.geteuid() != 0:
+                item.add_marker(skip)
+
+
+@pytest.fixture
+def topo(request: pytest.FixtureRequest) -> Iterator[Topology]:
+    """A fresh topology; its cleanup is registered before anything is created."""
+    t = Topology()
+    request.addfinalizer(t.cleanup)
+    yield t
+
+
+@pytest.fixture(scope="session")
+def cni_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Our plugins installed as real executables (`podnet cni install --dir`)."""
+    d = tmp_path_factory.mktemp("cni-bin")
+    subprocess.run([sys.executable, "-m", "cni.install", "--dir", str(d)], check=True, cwd=REPO)
+    return d
+
+
+@pytest.fixture(scope="session")
+def reference_cni() -> Path:
+    if not os.path.exists(os.path.join(REFERENCE_CNI, "bridge")):
+        pytest.skip("reference plugins missing: apt-get install containernetworking-plugins")
+    return Path(REFERENCE_CNI)

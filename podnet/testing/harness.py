@@ -1,0 +1,97 @@
+"""Simulated hosts for tests: a fabric namespace holding a bridge, hosts hanging off it, pods.
+
+Safety rules (DEVELOPERS.md): every name carries a per-run prefix; cleanup is registered before
+anything is created; only namespaces this object created are deleted, and only processes it
+started are killed (by their recorded PID).  Nothing is created in the root namespace: the
+fabric-side veth ends are created inside the fabric namespace itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+
+from podnet import execs, netns
+
+FABRIC_NET = "10.250.0"  # inside the fabric netns only; the fabric bridge is .1
+
+
+def run_prefix() -> str:
+    """Short unique prefix (netns names are free-form, but link names derived from it must fit 15)."""
+    return f"t{os.getpid() % 100000}{uuid.uuid4().hex[:4]}"
+
+
+@dataclass
+class Host:
+    name: str  # netns name
+    ip: str  # address on eth0, without prefix
+    path: str
+
+    def run(self, *argv: str, check: bool = True, input: str | None = None,
+            timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        return execs.run(list(argv), netns=self.name, check=check, input=input, timeout=timeout)
+
+
+@dataclass
+class Topology:
+    prefix: str = field(default_factory=run_prefix)
+    namespaces: list[str] = field(default_factory=list)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    fabric: str | None = None
+    hosts: list[Host] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ build
+    def new_netns(self, suffix: str) -> str:
+        """Create a namespace `<prefix>-<suffix>`; recorded before creation so cleanup sees it."""
+        name = f"{self.prefix}-{suffix}"
+        self.namespaces.append(name)
+        netns.create(name)
+        return name
+
+    def ensure_fabric(self) -> str:
+        if self.fabric is None:
+            self.fabric = self.new_netns("fab")
+            execs.run(["ip", "-n", self.fabric, "link", "add", "br0", "type", "bridge"])
+            execs.run(["ip", "-n", self.fabric, "addr", "add", f"{FABRIC_NET}.1/24", "dev", "br0"])
+            execs.run(["ip", "-n", self.fabric, "link", "set", "br0", "up"])
+        return self.fabric
+
+    def add_host(self) -> Host:
+        """A simulated host: its own netns with eth0 on the fabric bridge and a default route."""
+        fabric = self.ensure_fabric()
+        idx = len(self.hosts) + 1
+        name = self.new_netns(f"h{idx}")
+        ip = f"{FABRIC_NET}.{10 + idx}"
+        execs.run(["ip", "-n", fabric, "link", "add", f"h{idx}", "type", "veth",
+                   "peer", "name", "eth0", "netns", name])
+        execs.run(["ip", "-n", fabric, "link", "set", f"h{idx}", "master", "br0", "up"])
+        execs.run(["ip", "-n", name, "addr", "add", f"{ip}/24", "dev", "eth0"])
+        execs.run(["ip", "-n", name, "link", "set", "eth0", "up"])
+        execs.run(["ip", "-n", name, "route", "add", "default", "via", f"{FABRIC_NET}.1"])
+        host = Host(name=name, ip=ip, path=netns.path_of(name))
+        self.hosts.append(host)
+        return host
+
+    def add_pod_netns(self, suffix: str) -> str:
+        """An empty namespace for a pod (only `lo`, up); returns its path."""
+        return netns.path_of(self.new_netns(suffix))
+
+    def spawn(self, where: str | None, argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+        """Start a process inside namespace `where`; its PID is recorded for cleanup."""
+        full = ["nsenter", f"--net={netns.path_of(where)}", "--", *argv] if where else argv
+        proc = subprocess.Popen(full, **kwargs)  # type: ignore[call-overload]
+        self.procs.append(proc)
+        return proc
+
+    # ---------------------------------------------------------------- cleanup
+    def cleanup(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=5)
+        for name in reversed(self.namespaces):
+            netns.delete(name)
+        self.namespaces.clear()
