@@ -1,8 +1,8 @@
 """`python -m cni.install --dir DIR` (what `podnet cni install` runs): write the executables.
 
-Each executable starts the *real* interpreter of this install with `-IS` (isolated, no site; one shebang argument) (a pyenv shim or
-`/usr/bin/env` costs ~150 ms per exec; `site` costs ~5 ms) and puts the source and the install's
-site-packages on sys.path by hand.
+Each executable starts the *real* interpreter of this install with `-IS` (isolated, no site; a
+shebang passes one argument): a pyenv shim or `/usr/bin/env` costs ~150 ms per exec and `site`
+~5 ms.  It then puts the source and the install's site-packages on sys.path by hand.
 """
 
 from __future__ import annotations

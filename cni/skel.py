@@ -31,6 +31,9 @@ TRY_AGAIN = 11
 NOT_AVAILABLE = 50
 NOT_AVAILABLE_DEGRADED = 51
 INTERNAL = 999  # what libcni reports for a plain error
+# Plugin-specific codes (the spec reserves 0-99 for itself).
+ALREADY_ATTACHED = 100  # duplicate ADD: (container, ifname) already has an attachment
+POOL_EXHAUSTED = 101  # IPAM has no free address in a range set
 
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 _REQUIRED_ENV = {

@@ -1,0 +1,1 @@
+"""Firewall seams: iptables-restore, nft -f and ipset restore runners, each with a fake."""
