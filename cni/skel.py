@@ -165,6 +165,16 @@ def _valid_ifname(name: str) -> bool:
     return not any(c in name for c in "/: \t\n\r\v\f")
 
 
+def _is_own_netns(path: str) -> bool:
+    """skel's rule: ADD/CHECK into the plugin's own netns is refused (code 8) unless overridden,
+    since configuring the host namespace as if it were a pod's would break the host."""
+    try:
+        there, here = os.stat(path), os.stat("/proc/thread-self/ns/net")
+    except OSError:
+        return False
+    return (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino)
+
+
 def _decode_config(stdin: bytes) -> dict[str, Any]:
     try:
         config = json.loads(stdin)
@@ -199,6 +209,9 @@ def parse_request(plugin: Plugin, env: Mapping[str, str], stdin: bytes) -> Reque
     if command not in COMMANDS:
         raise CniError(INVALID_ENV, f"CNI_COMMAND {command!r} is not one of {', '.join(COMMANDS)}")
     _validate_env(command, env)
+    if command in ("ADD", "CHECK") and not env.get("CNI_NETNS_OVERRIDE") and _is_own_netns(
+            env["CNI_NETNS"]):
+        raise CniError(INVALID_NETNS, f"CNI_NETNS {env['CNI_NETNS']} is the plugin's own namespace")
     config = _decode_config(stdin)
     _validate_config(command, config, plugin)
     return Request(
