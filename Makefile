@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 SYSTEM_PKGS := iproute2 iptables nftables ipset conntrack etcd-server bird2 \
-	containernetworking-plugins tcpdump util-linux
+	containernetworking-plugins tcpdump util-linux iputils-ping
 PYTEST_ARGS ?=
 
 .PHONY: test deps deps-system deps-python lint unit netns bench clean
