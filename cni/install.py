@@ -2,7 +2,9 @@
 
 Each executable starts the *real* interpreter of this install with `-IS` (isolated, no site; a
 shebang passes one argument): a pyenv shim or `/usr/bin/env` costs ~150 ms per exec and `site`
-~5 ms.  It then puts the source and the install's site-packages on sys.path by hand.
+~5 ms.  It then puts the source in front of sys.path and the install's site-packages behind the
+stdlib, where `site` would have put it: the forward path's C modules (`_socket`, `_json`) are then
+found without listing site-packages first.
 """
 
 from __future__ import annotations
@@ -18,22 +20,25 @@ from cni import plugins
 TEMPLATE = """#!{python} -IS
 {marker}{plugin}
 import sys
-sys.path[:0] = {paths!r}
+sys.path[:0] = {front!r}
+sys.path += {back!r}
 from cni.entry import main
 main({plugin!r})
 """
 
 
-def import_paths() -> list[str]:
-    """Where `cni` and the third-party packages it may import lazily are found."""
+def import_paths() -> tuple[list[str], list[str]]:
+    """(before the stdlib, after it): where `cni` and the third-party packages it may import
+    lazily (pyroute2 on the in-process path) are found."""
     source_root = str(Path(__file__).resolve().parent.parent)
     site = sysconfig.get_paths()["purelib"]
-    return [source_root] if source_root == site else [source_root, site]
+    return ([], [site]) if source_root == site else ([source_root], [site])
 
 
 def render(plugin: str) -> str:
+    front, back = import_paths()
     return TEMPLATE.format(python=os.path.realpath(sys.executable), marker=plugins.MARKER.decode(),
-                           plugin=plugin, paths=import_paths())
+                           plugin=plugin, front=front, back=back)
 
 
 def install(directory: str) -> list[str]:

@@ -1,0 +1,301 @@
+"""`python -m cni.daemon --socket PATH`: the per-node CNI daemon (started by `podnet cni daemon`).
+
+Why: a plugin exec that imports pyroute2 pays ~0.2-0.3 s before doing anything (cni.md 5); a
+warm process pays it once.  The installed executables forward each request here over a unix
+socket (`cni.entry.forward`) and fall back to running in-process when the daemon is absent.
+
+Every request is served by `cni.entry.run_local`, the same function the in-process path runs, in
+a thread of its own: the network namespace is per thread (`podnet.netns.enter` uses setns on the
+calling thread), so pods are served concurrently without touching each other's namespace.
+
+Wire protocol: see `cni.entry`.  The daemon also accepts `"stdin_b64"` instead of `"stdin"`.
+Lifecycle: the socket is created 0600 (root's runtime is the only legitimate client), the PID
+file `<socket>.pid` is flock'ed for the daemon's life (a second daemon refuses to start), and
+SIGTERM/SIGINT stop accepting, let in-flight requests finish (bounded) and remove both files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import binascii
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import socketserver
+import stat
+import sys
+import threading
+import time
+from typing import Any, TextIO
+
+from cni import entry, plugins, skel
+
+MAX_REQUEST = 4 << 20  # a config with a large prevResult is a few KiB; this bounds memory per client
+READ_TIMEOUT = 10.0  # a client that connects and stalls must not pin a thread forever
+SHUTDOWN_GRACE = 30.0  # in-flight ADD/DEL get this long to finish after SIGTERM
+
+
+class AlreadyRunning(Exception):
+    """Another live daemon owns the socket (or its PID file lock)."""
+
+
+class BadRequest(Exception):
+    def __init__(self, code: int, msg: str) -> None:
+        super().__init__(msg)
+        self.code = code
+
+
+def pid_file_of(socket_path: str) -> str:
+    return socket_path + ".pid"
+
+
+# ------------------------------------------------------------------- requests
+def read_request(sock: socket.socket, limit: int = MAX_REQUEST) -> bytes:
+    """One request line (without framing validation); BadRequest if too big or truncated."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            raise BadRequest(skel.IO_FAILURE, "connection closed before a complete request line")
+        chunks.append(chunk)
+        size += len(chunk)
+        if b"\n" in chunk:
+            return b"".join(chunks)
+        if size > limit:
+            raise BadRequest(skel.IO_FAILURE, f"request larger than {limit} bytes")
+
+
+def decode_request(line: bytes) -> tuple[str, dict[str, str], bytes]:
+    """(plugin type, env, stdin) from a request line; BadRequest with a CNI code otherwise."""
+    try:
+        obj = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(skel.DECODE_FAILURE, f"daemon request is not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise BadRequest(skel.DECODE_FAILURE, "daemon request must be a JSON object")
+    plugin, env = obj.get("plugin"), obj.get("env")
+    if not isinstance(plugin, str) or plugin not in plugins.MODULES:
+        raise BadRequest(skel.INVALID_CONFIG, f"daemon request names no known plugin: {plugin!r}")
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        raise BadRequest(skel.DECODE_FAILURE, "daemon request env must map names to strings")
+    if isinstance(obj.get("stdin"), str):
+        stdin = obj["stdin"].encode("utf-8", "surrogateescape")
+    elif isinstance(obj.get("stdin_b64"), str):
+        try:
+            stdin = binascii.a2b_base64(obj["stdin_b64"])
+        except binascii.Error as exc:
+            raise BadRequest(skel.DECODE_FAILURE, f"daemon request stdin_b64: {exc}") from exc
+    else:
+        raise BadRequest(skel.DECODE_FAILURE, "daemon request has neither stdin nor stdin_b64")
+    return plugin, env, stdin
+
+
+def run_request(plugin: str, env: dict[str, str], stdin: bytes) -> tuple[int, bytes]:
+    """run_local, but a crashing handler becomes error JSON code 999 instead of a dead thread."""
+    try:
+        return entry.run_local(plugin, env, stdin)
+    except BaseException as exc:  # SystemExit from a plugin included: never kill the daemon
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return 1, entry.error_output(skel.INTERNAL, f"{plugin}: {type(exc).__name__}: {exc}", stdin,
+                                     "daemon handler crashed")
+
+
+# --------------------------------------------------------------------- server
+class _Server(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True  # a hung handler must not block process exit after the grace period
+    block_on_close = False  # Daemon.stop waits for in-flight requests itself, bounded
+    request_queue_size = 128  # 20+ pods can start at once; a full backlog would stall connects
+    owner: Daemon
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        server = self.server
+        assert isinstance(server, _Server)
+        server.owner.serve_connection(self.request)
+
+
+class Daemon:
+    """The socket, PID file and server of one per-node daemon."""
+
+    def __init__(self, socket_path: str, *, preload: bool = True, log: TextIO | None = None,
+                 log_requests: bool = True, grace: float = SHUTDOWN_GRACE) -> None:
+        self.socket_path = socket_path
+        self.pid_path = pid_file_of(socket_path)
+        self.preload = preload
+        self.log_stream = log if log is not None else sys.stderr
+        self.log_requests = log_requests
+        self.grace = grace
+        self.served = 0
+        self._active = 0
+        self._idle = threading.Condition()
+        self._pid_fd: int | None = None
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def log(self, message: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.log_stream.write(f"podnet-cni-daemon[{os.getpid()}]: {message}\n")
+            self.log_stream.flush()
+
+    # ------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """Take the PID lock, warm up, bind and start serving (in a background thread)."""
+        self._take_pid_lock()
+        try:
+            if self.preload:
+                self._warm_up()
+            self._bind()
+        except BaseException:
+            self._release_pid_lock()
+            raise
+        assert self._server is not None
+        self._thread = threading.Thread(target=self._server.serve_forever, name="cni-daemon-accept",
+                                        kwargs={"poll_interval": 0.2}, daemon=True)
+        self._thread.start()
+        self.log(f"serving on {self.socket_path}")
+
+    def stop(self) -> None:
+        """Stop accepting, wait (bounded) for in-flight requests, remove the socket and PID file."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
+        with self._idle:
+            finished = self._idle.wait_for(lambda: self._active == 0, timeout=self.grace)
+        if not finished:
+            self.log(f"stopping with {self._active} request(s) still running after {self.grace:g} s")
+        self._release_pid_lock()
+        self.log(f"stopped after {self.served} request(s)")
+
+    def _take_pid_lock(self) -> None:
+        directory = os.path.dirname(self.socket_path) or "."
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        fd = os.open(self.pid_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise AlreadyRunning(f"another daemon (pid {holder}) holds {self.pid_path}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._pid_fd = fd
+
+    def _release_pid_lock(self) -> None:
+        if self._pid_fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.pid_path)  # unlinked while still locked: no window for a stale read
+        os.close(self._pid_fd)
+        self._pid_fd = None
+
+    def _bind(self) -> None:
+        _remove_stale_socket(self.socket_path)
+        old_umask = os.umask(0o177)  # no window in which the socket is connectable by others
+        try:
+            server = _Server(self.socket_path, _Handler)
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.socket_path, 0o600)
+        server.owner = self
+        self._server = server
+
+    def _warm_up(self) -> None:
+        """Import pyroute2 (through the netlink seam) and every plugin module now, not per pod."""
+        started = time.perf_counter()
+        from podnet import netlink
+
+        with netlink.Netlink.open() as nl:
+            nl.list_links()
+        for plugin_type in sorted(plugins.MODULES):
+            try:
+                plugins.load(plugin_type)
+            except Exception as exc:  # served as error 999 per request, like the exec path
+                self.log(f"cannot load plugin {plugin_type}: {type(exc).__name__}: {exc}")
+        self.log(f"warmed up in {(time.perf_counter() - started) * 1000:.0f} ms")
+
+    # -------------------------------------------------------------- requests
+    def serve_connection(self, sock: socket.socket) -> None:
+        with self._idle:
+            self._active += 1
+        started = time.perf_counter()
+        plugin, code = "?", 1
+        env: dict[str, str] = {}
+        try:
+            sock.settimeout(READ_TIMEOUT)
+            try:
+                plugin, env, stdin = decode_request(read_request(sock))
+                code, out = run_request(plugin, env, stdin)
+            except BadRequest as exc:
+                code, out = 1, entry.error_output(exc.code, str(exc))
+            except OSError as exc:  # includes the read timeout: the client is gone or stalled
+                self.log(f"dropped a request: {exc}")
+                return
+            with contextlib.suppress(OSError):  # the client may have given up; nothing to tell it
+                sock.sendall(entry.encode_reply(code, out))
+        finally:
+            with self._idle:
+                self._active -= 1
+                self.served += 1
+                self._idle.notify_all()
+            if self.log_requests:
+                self._log_request(plugin, env, code, started)
+
+    def _log_request(self, plugin: str, env: dict[str, Any], code: int, started: float) -> None:
+        ms = (time.perf_counter() - started) * 1000
+        self.log(f"{plugin} {env.get('CNI_COMMAND', '?')} container={env.get('CNI_CONTAINERID', '')} "
+                 f"ifname={env.get('CNI_IFNAME', '')} exit={code} {ms:.1f} ms")
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket nobody listens on (a crashed daemon's); refuse if one is alive."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise AlreadyRunning(f"{path} exists and is not a socket; not touching it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # ECONNREFUSED: stale
+        return
+    finally:
+        probe.close()
+    raise AlreadyRunning(f"another daemon is listening on {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m cni.daemon", description=__doc__.split("\n")[0])
+    parser.add_argument("--socket", default=entry.DEFAULT_SOCKET, help="unix socket to listen on")
+    parser.add_argument("--no-preload", action="store_true", help="skip importing pyroute2/plugins")
+    parser.add_argument("--quiet", action="store_true", help="no per-request log lines")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    daemon = Daemon(args.socket, preload=not args.no_preload, log_requests=not args.quiet)
+    try:
+        daemon.start()
+    except AlreadyRunning as exc:
+        daemon.log(f"refusing to start: {exc}")
+        sys.exit(1)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        daemon.stop()
+
+
+if __name__ == "__main__":
+    main()
