@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
+import select
+import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -24,6 +28,27 @@ _GONE = {errno.ENODEV, errno.ESRCH, errno.EADDRNOTAVAIL, errno.ENOENT}
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
 RT_SCOPE_HOST = 254
+IFF_PROMISC = 0x100
+RTMGRP_LINK = 0x1
+NETLINK_ROUTE = 0
+# IFLA_BRPORT_MODE is the hairpin flag ("hairpin on" in `bridge -d link`).
+BRPORT_MODE_HAIRPIN = 1
+BRIDGE_VLAN_INFO_PVID = 0x2
+BRIDGE_VLAN_INFO_UNTAGGED = 0x4
+
+
+@contextmanager
+def netns_fd(netns: str | None = None) -> Iterator[int]:
+    """An open fd of `netns` (None = the calling thread's own), for IFLA_NET_NS_FD."""
+    path = netns_mod.path_of(netns) if netns else "/proc/thread-self/ns/net"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise NotFound(f"network namespace {netns} does not exist") from exc
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -36,6 +61,8 @@ class Link:
     up: bool
     master: int
     peer_index: int  # IFLA_LINK: for a veth, the peer's index in the peer's namespace
+    oper_state: str = ""  # IFLA_OPERSTATE: "UP", "DOWN", "LOWERLAYERDOWN", "UNKNOWN", ...
+    promisc: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,14 +97,28 @@ def _to_link(msg: Any) -> Link:
         up=bool(msg["flags"] & 1),
         master=_attr(msg, "IFLA_MASTER", 0),
         peer_index=_attr(msg, "IFLA_LINK", 0),
+        oper_state=str(_attr(msg, "IFLA_OPERSTATE", "")),
+        promisc=bool(msg["flags"] & IFF_PROMISC),
     )
+
+
+def _drain(sock: socket.socket) -> None:
+    """Discard queued event messages: they are only a wake-up, the state is re-read."""
+    while True:
+        try:
+            sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:  # ENOBUFS: events overflowed; re-reading the state covers it
+            return
 
 
 class Netlink:
     """Idempotent link/address/route operations in one network namespace."""
 
-    def __init__(self, ipr: Any) -> None:
+    def __init__(self, ipr: Any, netns: str | None = None) -> None:
         self._ipr = ipr
+        self._netns = netns  # where event sockets must be opened (see wait_oper_up)
 
     @classmethod
     @contextmanager
@@ -88,7 +129,7 @@ class Netlink:
         with netns_mod.enter(netns):
             ipr = IPRoute()
         try:
-            yield cls(ipr)
+            yield cls(ipr, netns)
         finally:
             ipr.close()
 
@@ -184,6 +225,86 @@ class Netlink:
         """Bridge port flags (IFLA_BRPORT_*), e.g. mode=1 for hairpin, learning=0."""
         link = self.require_link(name)
         self._call(f"set brport {name}", self._ipr.brport, "set", index=link.index, **attrs)
+
+    def set_promisc(self, name: str, on: bool = True) -> None:
+        """`ip link set <name> promisc on|off` (IFF_PROMISC; the kernel counts promiscuity, but a
+        flag change through RTM_NEWLINK is idempotent)."""
+        self.set_link(name, flags=IFF_PROMISC if on else 0, change=IFF_PROMISC)
+
+    def set_hairpin(self, name: str, on: bool = True) -> None:
+        """Hairpin on a bridge port: frames may go back out of the port they came in on, so a pod
+        reaches itself through a service IP that DNATs back to it."""
+        self.set_bridge_port(name, mode=BRPORT_MODE_HAIRPIN if on else 0)
+
+    def bridge_port_info(self, name: str) -> dict[str, Any]:
+        """The IFLA_BRPORT_* attributes of a bridge port, lower-case without the prefix
+        (e.g. {"mode": 1, "state": 3, "learning": 1, ...}); {} when `name` is not a port."""
+        link = self.require_link(name)
+        for msg in self._call(f"show brport {name}", self._ipr.brport, "show", index=link.index):
+            info = msg.get_attr("IFLA_PROTINFO")
+            if msg["index"] == link.index and info is not None:
+                return {k[len("IFLA_BRPORT_"):].lower(): v for k, v in info["attrs"]}
+        return {}
+
+    def set_vlan_filtering(self, bridge: str, on: bool = True) -> None:
+        """Bridge VLAN filtering (needs CONFIG_BRIDGE_VLAN_FILTERING; EOPNOTSUPP without it)."""
+        link = self.require_link(bridge)
+        self._call(f"set vlan_filtering on {bridge}", self._ipr.link, "set", index=link.index,
+                   kind="bridge", br_vlan_filtering=1 if on else 0)
+
+    def add_port_vlan(self, name: str, vid: int, *, pvid: bool = True, untagged: bool = True,
+                      self_: bool = False) -> None:
+        """`bridge vlan add vid <vid> dev <name> [pvid] [untagged] [self]` (idempotent in the kernel).
+
+        `self_` programs the bridge device's own VLAN table (needed for a gateway on <br>.<vid>).
+        """
+        link = self.require_link(name)
+        flags = (BRIDGE_VLAN_INFO_PVID if pvid else 0) | (BRIDGE_VLAN_INFO_UNTAGGED if untagged else 0)
+        spec: dict[str, Any] = {"index": link.index, "vlan_info": {"vid": vid, "flags": flags}}
+        if self_:
+            spec["vlan_flags"] = "self"
+        self._call(f"add vlan {vid} to {name}", self._ipr.vlan_filter, "add", **spec)
+
+    def ensure_vlan_link(self, name: str, parent: str, vid: int) -> Link:
+        """An 802.1Q sub-interface `name` on `parent` (needs CONFIG_VLAN_8021Q)."""
+        link = self.get_link(name)
+        if link is None:
+            parent_link = self.require_link(parent)
+            with suppress(AlreadyExists):
+                self._call(f"add vlan link {name}", self._ipr.link, "add", ifname=name, kind="vlan",
+                           link=parent_link.index, vlan_id=vid)
+            link = self.require_link(name)
+        if link.kind != "vlan":
+            raise AlreadyExists(f"{name} exists and is a {link.kind or 'non-vlan'} link, not a vlan")
+        return link
+
+    def wait_oper_up(self, name: str, timeout: float = 5.0) -> Link:
+        """Block until `name` is operationally up; woken by RTM_NEWLINK events, not fixed sleeps.
+
+        The kernel updates IFLA_OPERSTATE asynchronously (linkwatch), and a bridge port starts
+        forwarding only once it is up: the reference bridge polls it with 0/50/500/1000/1000 ms
+        sleeps.  The event socket is subscribed before the first look, so no change is missed.
+        """
+        with netns_mod.enter(self._netns):
+            events = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                   NETLINK_ROUTE)
+        try:
+            events.bind((0, RTMGRP_LINK))
+            events.setblocking(False)
+            deadline = time.monotonic() + timeout
+            while True:
+                link = self.require_link(name)
+                # UNKNOWN: drivers without carrier reporting (dummy, tun) are as up as they get.
+                if link.oper_state in ("UP", "UNKNOWN"):
+                    return link
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise NetlinkFailure(f"wait for {name} up", errno.ETIMEDOUT,
+                                         f"still {link.oper_state or 'unknown'} after {timeout}s")
+                if select.select([events], [], [], remaining)[0]:
+                    _drain(events)
+        finally:
+            events.close()
 
     def delete_link(self, name: str) -> bool:
         """Delete a link by name; False (not an error) when it is already gone."""
