@@ -82,7 +82,8 @@ def test_add_dns_from_resolv_conf(data_dir, tmp_path):
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 10.0.0.10\nsearch svc.cluster.local\noptions ndots:5\n")
     out = ok("ADD", netconf(data_dir, resolvConf=str(resolv)))
-    assert out["dns"] == {"nameservers": ["10.0.0.10"], "search": ["svc.cluster.local"], "options": ["ndots:5"]}
+    assert out["dns"] == {"nameservers": ["10.0.0.10"], "search": ["svc.cluster.local"],
+                          "options": ["ndots:5"]}
 
 
 def test_add_missing_resolv_conf_is_a_config_error_and_reserves_nothing(data_dir, tmp_path):

@@ -35,7 +35,8 @@ def test_defaults_of_a_v4_range():
 
 def test_defaults_of_a_v6_range_keep_the_last_address():
     (r,), = load({"ranges": [[{"subnet": "fd00::/120"}]]}).range_sets
-    assert (r.start, r.end, r.gateway) == (ip_address("fd00::1"), ip_address("fd00::ff"), ip_address("fd00::1"))
+    assert (r.start, r.end, r.gateway) == (
+        ip_address("fd00::1"), ip_address("fd00::ff"), ip_address("fd00::1"))
 
 
 def test_explicit_range_and_gateway():

@@ -30,7 +30,8 @@ def test_reserve_writes_reference_layout(store, tmp_path):
         assert store.reserve(ip_address("fd00::2"), Owner("cid", "eth0"), 1)
         assert not store.reserve(ip_address("10.0.0.2"), Owner("other", "eth0"), 0)
     net = tmp_path / "net"
-    assert sorted(os.listdir(net)) == ["10.0.0.2", "fd00::2", "last_reserved_ip.0", "last_reserved_ip.1", "lock"]
+    assert sorted(os.listdir(net)) == [
+        "10.0.0.2", "fd00::2", "last_reserved_ip.0", "last_reserved_ip.1", "lock"]
     assert (net / "10.0.0.2").read_bytes() == b"cid\r\neth0"
     assert (net / "last_reserved_ip.0").read_bytes() == b"10.0.0.2"
     assert (net / "last_reserved_ip.1").read_bytes() == b"fd00::2"
@@ -56,8 +57,10 @@ def test_held_reads_new_and_old_files_and_ignores_the_rest(store, tmp_path):
     (net / "10.0.0.9").mkdir()
     with store.locked():
         held = store.held()
-    assert held == {ip_address("10.0.0.2"): Owner("cid", "eth0"), ip_address("10.0.0.3"): Owner("oldcid", None),
-                    ip_address("10.0.0.4"): Owner("", None), ip_address("fd00::5"): Owner("v6", "net1")}
+    assert held == {ip_address("10.0.0.2"): Owner("cid", "eth0"),
+                    ip_address("10.0.0.3"): Owner("oldcid", None),
+                    ip_address("10.0.0.4"): Owner("", None),  # never valid: GC frees it
+                    ip_address("fd00::5"): Owner("v6", "net1")}
 
 
 def test_owner_encoding_round_trip():

@@ -122,8 +122,9 @@ def step(conf: dict, model: Model, op: tuple) -> None:
             assert [ip_address(x["address"].split("/")[0]) for x in out["ips"]] == [
                 ip_address(x) for x in expected_ips]
             for entry in out["ips"]:
-                assert entry["gateway"] in GATEWAYS and entry["gateway"] != entry["address"].split("/")[0]
-                assert ip_address(entry["address"].split("/")[0]) in ip_network(entry["address"], strict=False)
+                ip = entry["address"].split("/")[0]
+                assert entry["gateway"] in GATEWAYS and entry["gateway"] != ip
+                assert ip_address(ip) in ip_network(entry["address"], strict=False)
     elif kind == "DEL":
         assert dispatch("DEL", conf, target)[0] == 0
         model.delete(target)
