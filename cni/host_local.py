@@ -85,8 +85,7 @@ def status(req: skel.Request) -> None:
     except skel.CniError as exc:
         raise skel.CniError(skel.NOT_AVAILABLE, exc.msg) from None
     free = allocator.free_counts(store, conf.range_sets)
-    full = [f"{i} ({config.describe(rset)})" for i, (rset, n) in enumerate(zip(conf.range_sets, free,
-                                                                                strict=True)) if n <= 0]
+    full = [f"{i} ({config.describe(conf.range_sets[i])})" for i, n in enumerate(free) if n <= 0]
     if full:
         raise skel.CniError(skel.NOT_AVAILABLE, f"host-local: no free address in range set "
                             f"{', '.join(full)}")
