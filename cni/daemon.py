@@ -53,8 +53,9 @@ def pid_file_of(socket_path: str) -> str:
 
 
 # ------------------------------------------------------------------- requests
-def read_request(sock: socket.socket, limit: int = MAX_REQUEST) -> bytes:
+def read_request(sock: socket.socket, limit: int | None = None) -> bytes:
     """One request line (without framing validation); BadRequest if too big or truncated."""
+    limit = MAX_REQUEST if limit is None else limit
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -86,7 +87,7 @@ def decode_request(line: bytes) -> tuple[str, dict[str, str], bytes]:
         stdin = obj["stdin"].encode("utf-8", "surrogateescape")
     elif isinstance(obj.get("stdin_b64"), str):
         try:
-            stdin = binascii.a2b_base64(obj["stdin_b64"])
+            stdin = binascii.a2b_base64(obj["stdin_b64"], strict_mode=True)
         except binascii.Error as exc:
             raise BadRequest(skel.DECODE_FAILURE, f"daemon request stdin_b64: {exc}") from exc
     else:
@@ -156,7 +157,7 @@ class Daemon:
             raise
         assert self._server is not None
         self._thread = threading.Thread(target=self._server.serve_forever, name="cni-daemon-accept",
-                                        kwargs={"poll_interval": 0.2}, daemon=True)
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         self.log(f"serving on {self.socket_path}")
 
@@ -230,7 +231,7 @@ class Daemon:
         plugin, code = "?", 1
         env: dict[str, str] = {}
         try:
-            sock.settimeout(READ_TIMEOUT)
+            sock.settimeout(READ_TIMEOUT)  # read at call time: tests shorten it
             try:
                 plugin, env, stdin = decode_request(read_request(sock))
                 code, out = run_request(plugin, env, stdin)
