@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
 from cni import types
+
+# typing, dataclasses (which pulls in inspect) and re cost ~25 ms of start-up under `python -IS`;
+# this module runs on every plugin exec, so it uses none of them at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
 
 # Spec error codes (SPEC section 5).
 INCOMPATIBLE_VERSION = 1
@@ -44,7 +47,8 @@ _REQUIRED_ENV = {
     "STATUS": (),
     "VERSION": (),
 }
-_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+_ID_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_ID_REST = _ID_FIRST | frozenset("_.-")
 # CNI_ARGS keys the runtimes we serve send; others need IgnoreUnknown=1 (libcni LoadArgs rule).
 KNOWN_ARGS = frozenset({"IgnoreUnknown", "K8S_POD_NAMESPACE", "K8S_POD_NAME",
                         "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID", "IP", "MAC"})
@@ -66,19 +70,38 @@ class CniError(Exception):
         return out
 
 
-@dataclass
+def valid_id(value: object) -> bool:
+    """Container IDs and network names: `^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$` (libcni utils)."""
+    return (isinstance(value, str) and value != "" and value[0] in _ID_FIRST
+            and all(c in _ID_REST for c in value))
+
+
 class Request:
     """One parsed plugin invocation."""
 
-    command: str
-    container_id: str
-    netns: str
-    ifname: str
-    args: dict[str, str]
-    path: list[str]
-    config: dict[str, Any]
-    stdin: bytes
-    env: dict[str, str] = field(default_factory=dict)
+    __slots__ = ("args", "command", "config", "container_id", "env", "ifname", "netns", "path", "stdin")
+
+    def __init__(self, *, command: str, container_id: str, netns: str, ifname: str,
+                 args: dict[str, str], path: list[str], config: dict[str, Any], stdin: bytes,
+                 env: dict[str, str] | None = None) -> None:
+        self.command = command
+        self.container_id = container_id
+        self.netns = netns
+        self.ifname = ifname
+        self.args = args
+        self.path = path
+        self.config = config
+        self.stdin = stdin
+        self.env = env if env is not None else {}
+
+    def replace(self, **changes: Any) -> Request:
+        """A copy with some fields changed (like dataclasses.replace)."""
+        fields = {name: getattr(self, name) for name in self.__slots__}
+        fields.update(changes)
+        return Request(**fields)
+
+    def __repr__(self) -> str:
+        return f"Request({self.command} {self.container_id}/{self.ifname} netns={self.netns!r})"
 
     @property
     def version(self) -> str:
@@ -116,20 +139,25 @@ class Request:
         return out
 
 
-Handler = Callable[[Request], Any]
+if TYPE_CHECKING:
+    Handler = Callable[[Request], Any]
 
 
-@dataclass(frozen=True)
 class Plugin:
     """A plugin's verbs.  `add` returns a 1.1.0-shaped result; the others return nothing."""
 
-    name: str
-    add: Handler
-    delete: Handler
-    check: Handler
-    gc: Handler | None = None
-    status: Handler | None = None
-    versions: tuple[str, ...] = types.SUPPORTED
+    __slots__ = ("add", "check", "delete", "gc", "name", "status", "versions")
+
+    def __init__(self, name: str, add: Handler, delete: Handler, check: Handler,
+                 gc: Handler | None = None, status: Handler | None = None,
+                 versions: tuple[str, ...] = types.SUPPORTED) -> None:
+        self.name = name
+        self.add = add
+        self.delete = delete
+        self.check = check
+        self.gc = gc
+        self.status = status
+        self.versions = versions
 
 
 def parse_cni_args(raw: str) -> dict[str, str]:
@@ -152,7 +180,7 @@ def _validate_env(command: str, env: Mapping[str, str]) -> None:
     if missing:
         raise CniError(INVALID_ENV, f"required env variables missing: {', '.join(missing)}")
     cid = env.get("CNI_CONTAINERID", "")
-    if cid and not _ID_RE.match(cid):
+    if cid and not valid_id(cid):
         raise CniError(INVALID_ENV, f"invalid CNI_CONTAINERID {cid!r}")
     ifname = env.get("CNI_IFNAME", "")
     if ifname and not _valid_ifname(ifname):
@@ -199,7 +227,7 @@ def _validate_config(command: str, config: dict[str, Any], plugin: Plugin) -> No
     if command in ("GC", "STATUS") and not types.at_least(version, "1.1.0"):
         raise CniError(INCOMPATIBLE_VERSION, f"config version {version} does not allow {command}")
     name = config.get("name")
-    if not isinstance(name, str) or not _ID_RE.match(name):
+    if not valid_id(name):
         raise CniError(INVALID_CONFIG, f"invalid or missing network name {name!r}")
 
 
