@@ -106,7 +106,8 @@ class FakeIptables(IptablesBase):
         # iptables-nft creates a table's builtin chains the first time the table is used.
         table = work.table(name)
         for chain_name in BUILTIN_CHAINS[name]:
-            table.chain(chain_name).policy = table.chains[chain_name].policy or "ACCEPT"
+            chain = table.chain(chain_name)
+            chain.policy = chain.policy or "ACCEPT"
         if not noflush:
             table.chains = {n: c for n, c in table.chains.items() if c.builtin}
             for chain in table.chains.values():
@@ -244,6 +245,8 @@ class TraceError(PodnetError):
 _ARITY = {"-s": 1, "-d": 1, "-p": 1, "-i": 1, "-o": 1, "-m": 1, "--comment": 1, "--dport": 1,
           "--sport": 1, "--dports": 1, "--sports": 1, "--match-set": 2, "--mark": 1, "--mode": 1,
           "--probability": 1, "--dst-type": 1, "--src-type": 1, "--ctstate": 1, "--state": 1}
+_MODULES = {"comment", "tcp", "udp", "sctp", "set", "mark", "statistic", "addrtype", "conntrack",
+            "state", "multiport"}
 _MAX_DEPTH = 64
 
 
@@ -297,7 +300,11 @@ class _Tracer:
 
     def _match(self, opt: str, vals: list[str]) -> bool:
         pkt = self.packet
-        if opt in ("-m", "--comment", "--mode"):
+        if opt == "-m":
+            if vals[0] not in _MODULES:
+                raise TraceError(f"match module {vals[0]} is not modelled by the tracer")
+            return True
+        if opt in ("--comment", "--mode"):
             return True
         if opt in ("-s", "-d"):
             addr = pkt.get("src" if opt == "-s" else "dst")

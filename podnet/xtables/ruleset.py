@@ -17,7 +17,6 @@ misses shows up as a diff that never converges, which `IptablesBase.converged()`
 from __future__ import annotations
 
 import ipaddress
-import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -149,11 +148,34 @@ def parse_save(text: str, ip_version: int = 4) -> Ruleset:
 
 
 def rule_words(line: str) -> list[str]:
-    """A rule line split as iptables' own parser does (quotes and backslash escapes)."""
-    try:
-        return shlex.split(line)
-    except ValueError as exc:
-        raise RulesetError(f"cannot parse rule {line!r}: {exc}") from exc
+    """A rule line split as iptables-restore's add_param_to_argv() does: only double quotes
+    group, and inside them a backslash escapes any character (so `"it\\'s"` is `it's`).
+    Single quotes are ordinary characters to iptables, unlike to a shell."""
+    words: list[str] = []
+    word: list[str] | None = None
+    quoted = escaped = False
+    for ch in line:
+        if quoted and escaped:
+            escaped = False
+        elif quoted and ch == "\\":
+            escaped = True
+            continue
+        elif ch == '"':
+            quoted = not quoted
+            word = word if word is not None else []
+            continue
+        elif ch.isspace() and not quoted:
+            if word is not None:
+                words.append("".join(word))
+            word = None
+            continue
+        word = word if word is not None else []
+        word.append(ch)
+    if quoted:
+        raise RulesetError(f"unterminated quote in rule {line!r}")
+    if word is not None:
+        words.append("".join(word))
+    return words
 
 
 def rule_target(words: list[str]) -> str | None:
