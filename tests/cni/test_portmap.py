@@ -125,7 +125,8 @@ def test_add_without_prev_result_is_code_7(plugin: skel.Plugin, fake: FakeNft) -
 
 
 def test_add_without_mappings_touches_nothing(plugin: skel.Plugin, fake: FakeNft, host: FakeHost) -> None:
-    for mappings in (None, []):
+    empty: list[dict[str, Any]] = []
+    for mappings in (None, empty):
         code, out = call(plugin, "ADD", mappings=mappings)
         assert code == 0 and out is not None and out["ips"] == PREV["ips"]
     assert fake.scripts == [] and host.localnet == []

@@ -63,7 +63,8 @@ def test_rule_counts() -> None:
 
 def test_element_lines() -> None:
     el = nft.Element("dnat4", "tcp . 8080", "10.1.0.5 . 80", "n:c:eth0")
-    assert el.add_line("inet", "t") == 'add element inet t dnat4 { tcp . 8080 comment "n:c:eth0" : 10.1.0.5 . 80 }'
+    assert el.add_line("inet", "t") == \
+        'add element inet t dnat4 { tcp . 8080 comment "n:c:eth0" : 10.1.0.5 . 80 }'
     assert el.delete_line("inet", "t") == "delete element inet t dnat4 { tcp . 8080 }"
     assert el.replace_lines("inet", "t") == [
         "add element inet t dnat4 { tcp . 8080 : 10.1.0.5 . 80 }",
