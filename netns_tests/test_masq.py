@@ -91,7 +91,7 @@ def test_fake_lists_like_real_nft(topo: Topology) -> None:
     all_masq = portmap.Conf(True, True, conf.mappings)
     with netns.enter(h1.path):
         for backend in (fake, nft.SYSTEM):
-            masq.setup("net1", "c1", "eth0", DUAL + ["10.2.0.9/32"], backend=backend)
+            masq.setup("net1", "c1", "eth0", [*DUAL, "10.2.0.9/32"], backend=backend)
             masq.setup("net1", "c2", "eth0", ["10.1.0.6/24"], backend=backend)
             masq.teardown("net1", "c2", "eth0", [], backend=backend)
             table = portmap.table(backend)
