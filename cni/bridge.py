@@ -109,8 +109,6 @@ def parse_conf(req: skel.Request) -> BridgeConf:
     if hairpin and promisc:
         raise _invalid("cannot set hairpin mode and promiscuous mode at the same time")
     vlan = _number(c, "vlan", 0, 4094)
-    if vlan < 0:
-        raise _invalid(f"invalid VLAN ID {vlan} (must be between 0 and 4094)")
     state_dir = c.get("stateDir") or attachments.DEFAULT_STATE_DIR
     if not isinstance(state_dir, str) or not state_dir.startswith("/"):
         raise _invalid(f"stateDir must be an absolute path, not {state_dir!r}")
@@ -661,8 +659,9 @@ def _request_for(req: skel.Request, record: attachments.Attachment) -> skel.Requ
     env = dict(req.env, CNI_COMMAND="DEL", CNI_CONTAINERID=record.container_id,
                CNI_IFNAME=record.ifname, CNI_NETNS="")
     config = {k: v for k, v in req.config.items() if not k.startswith("cni.dev/")}
-    return dataclasses.replace(req, command="DEL", container_id=record.container_id,
-                               ifname=record.ifname, netns="", env=env, config=config)
+    return skel.Request(command="DEL", container_id=record.container_id, netns="",
+                        ifname=record.ifname, args={}, path=req.path, config=config,
+                        stdin=req.stdin, env=env)
 
 
 def cmd_gc(req: skel.Request) -> None:
