@@ -208,10 +208,13 @@ class FakeIptables(IptablesBase):
         packet keys: src, dst, proto, dport, sport (optional), mark, iif, oif, ctstate (default
         "NEW"), random (0..1, compared with `-m statistic --probability`; default 0.0).
         """
-        tracer = _Tracer(self, self.state.table(table), packet)
+        tables = self.state.tables
+        if table not in tables:
+            raise TraceError(f"table {table} has never been written")
+        tracer = _Tracer(self, tables[table], packet)
         found = tracer.walk(chain, depth=0)
         if found is None:
-            start = self.state.table(table).chains.get(chain)
+            start = tables[table].chains.get(chain)
             policy = (start.policy or "ACCEPT") if start is not None and start.builtin else "RETURN"
             found = Verdict(policy)
         found.mark = tracer.mark

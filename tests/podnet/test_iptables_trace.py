@@ -129,3 +129,6 @@ def test_unmodelled_matches_and_loops_fail_loudly() -> None:
         ipt.trace("filter", "KUBE-A", tcp("1.1.1.1", "2.2.2.2", 1))
     with pytest.raises(TraceError):
         ipt.trace("filter", "KUBE-NONE", tcp("1.1.1.1", "2.2.2.2", 1))
+    with pytest.raises(TraceError):
+        ipt.trace("mangle", "PREROUTING", tcp("1.1.1.1", "2.2.2.2", 1))
+    assert ipt.save("mangle") == ""  # tracing does not create tables
