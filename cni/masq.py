@@ -45,7 +45,7 @@ SKELETON = (
 
 
 def table(backend: nft.Backend | None = None) -> nft.OwnedTable:
-    return nft.OwnedTable(FAMILY, TABLE, SKELETON, backend or nft.SYSTEM)
+    return nft.OwnedTable(FAMILY, TABLE, SKELETON, {CHAIN: len(RULES)}, backend or nft.SYSTEM)
 
 
 def net_text(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
@@ -72,7 +72,8 @@ def elements(network: str, container_id: str, ifname: str, ips: list[str]) -> li
 
 def setup(network: str, container_id: str, ifname: str, ips: list[str], *,
           backend: nft.Backend | None = None) -> None:
-    """Masquerade traffic from `ips` (container CIDRs) leaving their subnets; one transaction."""
+    """Masquerade traffic from `ips` (container CIDRs) leaving their subnets: one listing, then
+    one transaction adding what is missing."""
     wanted = elements(network, container_id, ifname, ips)
     if not wanted:
         return
@@ -100,7 +101,7 @@ def verify(network: str, container_id: str, ifname: str, ips: list[str], *,
     if not wanted:
         return
     try:
-        problems = table(backend).missing(wanted, {CHAIN: len(RULES)})
+        problems = table(backend).missing(wanted)
     except PodnetError as exc:
         raise skel.CniError(skel.INTERNAL, f"ipMasq check failed: {exc}") from exc
     if problems:

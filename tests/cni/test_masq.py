@@ -110,7 +110,7 @@ def test_invalid_address_is_a_config_error(fake: FakeNft) -> None:
 
 
 def test_nft_failures_become_cni_errors(fake: FakeNft) -> None:
-    for call in (lambda: masq.setup("n", "c", "eth0", IPS, backend=fake),
+    for call in (lambda: masq.setup("n", "other", "eth0", ["10.9.0.1/24"], backend=fake),
                  lambda: masq.teardown("n", "c", "eth0", IPS, backend=fake),
                  lambda: masq.gc("n", set(), backend=fake)):
         masq.setup("n", "c", "eth0", IPS, backend=fake)

@@ -272,7 +272,7 @@ def test_nft_failures_are_reported(plugin: skel.Plugin, fake: FakeNft) -> None:
         fake.fail_next = ExecError(["nft"], 1, "Error: Operation not permitted")
         if command == "CHECK":
             fake.list_table = lambda f, n: (_ for _ in ()).throw(fake.fail_next)  # type: ignore
-        code, out = call(plugin, command)
+        code, out = call(plugin, command, cid="c2" if command == "ADD" else "c1")
         assert code == 1 and out is not None and out["code"] == skel.INTERNAL, command
     conf = {"cniVersion": "1.1.0", "name": "pmnet", "type": "portmap"}
     code, _ = skel.dispatch(plugin, {"CNI_COMMAND": "GC", "CNI_PATH": "/x"}, json.dumps(conf).encode())

@@ -66,11 +66,8 @@ def test_element_lines() -> None:
     assert el.add_line("inet", "t") == \
         'add element inet t dnat4 { tcp . 8080 comment "n:c:eth0" : 10.1.0.5 . 80 }'
     assert el.delete_line("inet", "t") == "delete element inet t dnat4 { tcp . 8080 }"
-    assert el.replace_lines("inet", "t") == [
-        "add element inet t dnat4 { tcp . 8080 : 10.1.0.5 . 80 }",
-        "delete element inet t dnat4 { tcp . 8080 }",
-        'add element inet t dnat4 { tcp . 8080 comment "n:c:eth0" : 10.1.0.5 . 80 }',
-    ]
+    assert el.add_line("inet", "t", with_comment=False) == \
+        "add element inet t dnat4 { tcp . 8080 : 10.1.0.5 . 80 }"
 
 
 def test_owner_tag_plain_encoded_and_hashed() -> None:
@@ -108,30 +105,54 @@ SKELETON = ("add set inet t s { type ipv4_addr; }",
 
 
 def owned_table(fake: FakeNft) -> nft.OwnedTable:
-    return nft.OwnedTable("inet", "t", SKELETON, fake)
+    return nft.OwnedTable("inet", "t", SKELETON, {"post": 1}, fake)
 
 
 def els(tag: str, *ips: str) -> list[nft.Element]:
     return [nft.Element("s", ip, None, tag) for ip in ips]
 
 
-def test_ensure_is_one_transaction_and_idempotent() -> None:
+def is_tag(tag: str) -> Any:
+    return lambda e: e.comment == tag
+
+
+def test_ensure_lists_once_applies_once_and_is_idempotent() -> None:
     fake = FakeNft()
     table = owned_table(fake)
-    table.ensure(els("a", "10.0.0.1", "10.0.0.2"), lambda e: e.comment == "a")
-    assert len(fake.scripts) == 1 and fake.listings == 0 and fake.locks == 1
-    table.ensure(els("a", "10.0.0.1", "10.0.0.2"), lambda e: e.comment == "a")
+    table.ensure(els("a", "10.0.0.1", "10.0.0.2"), is_tag("a"))
+    assert (len(fake.scripts), fake.listings, fake.locks) == (1, 1, 1)
+    table.ensure(els("a", "10.0.0.1", "10.0.0.2"), is_tag("a"))
+    assert (len(fake.scripts), fake.listings) == (1, 2)  # nothing to do: no transaction
     assert fake.elements("inet", "t", "s") == {"10.0.0.1": (None, "a"), "10.0.0.2": (None, "a")}
-    assert fake.rules("inet", "t", "post") == ["ip saddr @s masquerade"]  # flushed, not doubled
+    assert fake.rules("inet", "t", "post") == ["ip saddr @s masquerade"]
+
+
+def test_ensure_on_an_intact_table_only_adds() -> None:
+    """Deletions cost an RCU grace period (~16 ms): a plain ADD must not contain any."""
+    fake = FakeNft()
+    table = owned_table(fake)
+    table.ensure(els("a", "10.0.0.1"), is_tag("a"))
+    table.ensure(els("b", "10.0.0.2"), is_tag("b"))
+    assert fake.scripts[-1] == 'add element inet t s { 10.0.0.2 comment "b" }\n'
+
+
+def test_ensure_repairs_a_broken_skeleton() -> None:
+    fake = FakeNft()
+    table = owned_table(fake)
+    table.ensure(els("a", "10.0.0.1"), is_tag("a"))
+    fake.apply("flush chain inet t post\n")
+    table.ensure(els("a", "10.0.0.1"), is_tag("a"))
+    assert fake.rules("inet", "t", "post") == ["ip saddr @s masquerade"]
+    assert table.missing(els("a", "10.0.0.1")) == []
 
 
 def test_ensure_takes_over_an_element_of_another_owner() -> None:
     fake = FakeNft()
     table = owned_table(fake)
-    table.ensure(els("old", "10.0.0.1"), lambda e: e.comment == "old")
-    table.ensure(els("new", "10.0.0.1"), lambda e: e.comment == "new")
+    table.ensure(els("old", "10.0.0.1"), is_tag("old"))
+    table.ensure(els("new", "10.0.0.1"), is_tag("new"))
     assert fake.elements("inet", "t", "s") == {"10.0.0.1": (None, "new")}
-    assert table.remove(lambda e: e.comment == "old") == []
+    assert table.remove(is_tag("old")) == []
     assert fake.elements("inet", "t", "s") == {"10.0.0.1": (None, "new")}
 
 
@@ -139,15 +160,14 @@ def test_ensure_resolves_a_map_clash_and_drops_own_stale_elements() -> None:
     fake = FakeNft()
     table = owned_table(fake)
     table.ensure([nft.Element("m", "80", "10.0.0.1", "old"), nft.Element("m", "81", "10.0.0.1", "old")],
-                 lambda e: e.comment == "old")
-    table.ensure([nft.Element("m", "9", "10.0.0.7", "new")], lambda e: e.comment == "new")
+                 is_tag("old"))
+    table.ensure([nft.Element("m", "9", "10.0.0.7", "new")], is_tag("new"))
     # "new" re-ADDs with a port "old" holds, plus its own stale element "9" must go.
-    table.ensure([nft.Element("m", "80", "10.0.0.2", "new")], lambda e: e.comment == "new")
+    table.ensure([nft.Element("m", "80", "10.0.0.2", "new")], is_tag("new"))
     assert fake.elements("inet", "t", "m") == {"80": ("10.0.0.2", "new"), "81": ("10.0.0.1", "old")}
-    assert fake.listings == 1
 
 
-def test_ensure_reraises_other_failures() -> None:
+def test_ensure_reraises_failures() -> None:
     fake = FakeNft()
     fake.fail_next = ExecError(["nft"], 1, "Error: Operation not permitted")
     with pytest.raises(ExecError, match="not permitted"):
@@ -157,11 +177,11 @@ def test_ensure_reraises_other_failures() -> None:
 def test_remove_drops_the_table_with_its_last_element() -> None:
     fake = FakeNft()
     table = owned_table(fake)
-    table.ensure(els("a", "10.0.0.1"), lambda e: e.comment == "a")
-    table.ensure(els("b", "10.0.0.2"), lambda e: e.comment == "b")
-    assert table.remove(lambda e: e.comment == "a") == els("a", "10.0.0.1")
+    table.ensure(els("a", "10.0.0.1"), is_tag("a"))
+    table.ensure(els("b", "10.0.0.2"), is_tag("b"))
+    assert table.remove(is_tag("a")) == els("a", "10.0.0.1")
     assert fake.has_table("inet", "t")
-    assert table.remove(lambda e: e.comment == "b") == els("b", "10.0.0.2")
+    assert table.remove(is_tag("b")) == els("b", "10.0.0.2")
     assert not fake.has_table("inet", "t")
     applied = len(fake.scripts)
     assert table.remove(lambda e: True) == []
@@ -171,9 +191,9 @@ def test_remove_drops_the_table_with_its_last_element() -> None:
 def test_remove_of_nothing_keeps_a_table_with_elements() -> None:
     fake = FakeNft()
     table = owned_table(fake)
-    table.ensure(els("a", "10.0.0.1"), lambda e: e.comment == "a")
+    table.ensure(els("a", "10.0.0.1"), is_tag("a"))
     applied = len(fake.scripts)
-    assert table.remove(lambda e: e.comment == "zzz") == []
+    assert table.remove(is_tag("zzz")) == []
     assert len(fake.scripts) == applied and fake.has_table("inet", "t")
 
 
@@ -181,11 +201,11 @@ def test_missing_reports_elements_and_rules() -> None:
     fake = FakeNft()
     table = owned_table(fake)
     want = els("a", "10.0.0.1")
-    assert table.missing(want, {"post": 1}) == ["table inet t does not exist"]
-    table.ensure(want, lambda e: e.comment == "a")
-    assert table.missing(want, {"post": 1}) == []
+    assert table.missing(want) == ["table inet t does not exist"]
+    table.ensure(want, is_tag("a"))
+    assert table.missing(want) == []
     fake.apply("flush chain inet t post\n")
-    assert table.missing(want + els("a", "10.0.0.3"), {"post": 1}) == [
+    assert table.missing(want + els("a", "10.0.0.3")) == [
         "s element '10.0.0.3' (owner a)", "chain post has 0 rules, want 1"]
 
 
