@@ -56,8 +56,9 @@ SCENARIO_TITLES = {
 
 # ------------------------------------------------------------------ configs
 def conflist(scenario: str, data_dir: str) -> dict[str, Any]:
+    # stateDir: podnet's attachment records (the reference ignores unknown keys).
     bridge: dict[str, Any] = {
-        "type": "bridge", "bridge": "cni0", "isGateway": True,
+        "type": "bridge", "bridge": "cni0", "isGateway": True, "stateDir": f"{data_dir}/state",
         "ipam": {"type": "host-local", "dataDir": data_dir, "ranges": [[{"subnet": SUBNET}]],
                  "routes": [{"dst": "0.0.0.0/0"}]},
     }
