@@ -179,3 +179,35 @@ def test_portmap_exec_errors_are_spec_json(cni_bin: Path, topo: Topology) -> Non
     assert code == 1 and out is not None and out["code"] == 7, json.dumps(out)
     assert "nftables" in out["msg"]
     assert "podnet" not in ruleset(h1)
+
+
+def test_concurrent_adds_and_dels_leave_nothing(topo: Topology, cni_bin: Path) -> None:
+    """The table is dropped with its last element: the per-table lock must keep a DEL's
+    "delete table" from swallowing a concurrent ADD's elements."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    h1 = topo.add_host()
+    pod = topo.add_pod_netns("p")
+    n = 12
+
+    def run(command: str, i: int) -> None:
+        conf: dict[str, Any] = {"cniVersion": "1.0.0", "name": "pmtest", "type": "portmap"}
+        if command == "ADD":
+            conf["prevResult"] = {"cniVersion": "1.0.0", "ips": [{"address": f"{POD_NET}.{i + 2}/24"}]}
+            conf["runtimeConfig"] = {"portMappings": [{"hostPort": 7000 + i, "containerPort": 80}]}
+        with netns.enter(h1.path):  # per thread: the netns is a property of the thread
+            cnirun.call("portmap", command, conf, cni_path=[str(cni_bin)], container_id=f"c{i}",
+                        netns=pod if command == "ADD" else "")
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(lambda i: run("ADD", i), range(n)))
+        assert ruleset(h1).count("comment") == 3 * n  # dnat + hairpin + localhost per pod
+        # DELs of the first half race with ADDs of a second generation.
+        jobs = [pool.submit(run, "DEL", i) for i in range(n)]
+        jobs += [pool.submit(run, "ADD", i) for i in range(n, 2 * n)]
+        for job in jobs:
+            job.result()
+        text = ruleset(h1)
+        assert text.count("comment") == 3 * n and "pmtest:c0:" not in text
+        list(pool.map(lambda i: run("DEL", i), range(n, 2 * n)))
+    assert "podnet" not in ruleset(h1)
