@@ -29,7 +29,7 @@ import json
 import os
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from podnet import execs
@@ -189,7 +189,8 @@ _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345678
 def tag_field(value: str, budget: int) -> str:
     """One field of an owner tag: percent-encoded (no quote, colon, comma or space can reach the
     nft script), or "%h<sha256 prefix>" when too long.  Deterministic per field, so GC can match
-    the network field alone.  quote() output never contains "%h", so the forms cannot collide."""
+    the network field alone.  Percent-encoding only writes "%" before two hex digits, never "%h",
+    so the two forms cannot collide."""
     enc = "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in value)
     if len(enc) <= budget:
         return enc
@@ -240,7 +241,7 @@ class OwnedTable:
     name: str
     skeleton: Sequence[str]
     rules: Mapping[str, int]
-    backend: Backend = field(default=SYSTEM)
+    backend: Backend  # no default: a test that forgets its fake must fail, not touch the host
 
     def listing(self) -> dict[str, Any] | None:
         return self.backend.list_table(self.family, self.name)

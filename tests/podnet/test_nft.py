@@ -35,6 +35,15 @@ REAL_LISTING: dict[str, Any] = {"nftables": [
 ]}
 
 
+@pytest.fixture(autouse=True)
+def _no_real_nft(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests run in the root netns: any real nft call here would change the host."""
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a unit test reached a real program")
+
+    monkeypatch.setattr(execs, "run", refuse)
+
+
 def test_value_text_round_trips_nft_json() -> None:
     assert nft.value_text("10.1.0.5") == "10.1.0.5"
     assert nft.value_text(80) == "80"
