@@ -54,12 +54,18 @@ def pid_file_of(socket_path: str) -> str:
 
 # ------------------------------------------------------------------- requests
 def read_request(sock: socket.socket, limit: int | None = None) -> bytes:
-    """One request line (without framing validation); BadRequest if too big or truncated."""
+    """One request line (without framing validation); BadRequest if too big or truncated.
+
+    b"" when the client hung up without sending anything: a liveness probe (connect and close),
+    which gets no answer and no log line.
+    """
     limit = MAX_REQUEST if limit is None else limit
     chunks: list[bytes] = []
     size = 0
     while True:
         chunk = sock.recv(1 << 16)
+        if not chunk and not chunks:
+            return b""
         if not chunk:
             raise BadRequest(skel.IO_FAILURE, "connection closed before a complete request line")
         chunks.append(chunk)
@@ -146,7 +152,12 @@ class Daemon:
 
     # ------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        """Take the PID lock, warm up, bind and start serving (in a background thread)."""
+        """Prepare and serve in a background thread of this process (see also `run`)."""
+        self.prepare()
+        self.serve_in_background()
+
+    def prepare(self) -> None:
+        """Take the PID lock, warm up and bind; connections queue until someone serves."""
         self._take_pid_lock()
         try:
             if self.preload:
@@ -155,26 +166,38 @@ class Daemon:
         except BaseException:
             self._release_pid_lock()
             raise
+
+    def serve_in_background(self) -> None:
         assert self._server is not None
         self._thread = threading.Thread(target=self._server.serve_forever, name="cni-daemon-accept",
                                         kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         self.log(f"serving on {self.socket_path}")
 
-    def stop(self) -> None:
-        """Stop accepting, wait (bounded) for in-flight requests, remove the socket and PID file."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.socket_path)
+    def stop(self, *, owner: bool = True) -> None:
+        """Stop accepting, wait (bounded) for in-flight requests; the owner (the process that
+        bound the socket) also removes the socket and the PID file."""
+        self.close_listener(unlink=owner)
         with self._idle:
             finished = self._idle.wait_for(lambda: self._active == 0, timeout=self.grace)
         if not finished:
             self.log(f"stopping with {self._active} request(s) still running after {self.grace:g} s")
-        self._release_pid_lock()
+        if owner:
+            self._release_pid_lock()
         self.log(f"stopped after {self.served} request(s)")
+
+    def close_listener(self, *, unlink: bool = True) -> None:
+        """No new connections from here on: new execs find no socket and run in-process."""
+        if self._server is None:
+            return
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread = None
+        self._server.server_close()
+        self._server = None
+        if unlink:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
 
     def _take_pid_lock(self) -> None:
         directory = os.path.dirname(self.socket_path) or "."
@@ -206,6 +229,9 @@ class Daemon:
         finally:
             os.umask(old_umask)
         os.chmod(self.socket_path, 0o600)
+        # Several worker processes may wait on this socket: the ones that lose the race for a
+        # connection must get EAGAIN from accept(), not block in it (and miss their shutdown).
+        server.socket.setblocking(False)
         server.owner = self
         self._server = server
 
@@ -227,33 +253,44 @@ class Daemon:
     def serve_connection(self, sock: socket.socket) -> None:
         with self._idle:
             self._active += 1
-        started = time.perf_counter()
-        plugin, code = "?", 1
-        env: dict[str, str] = {}
         try:
-            sock.settimeout(READ_TIMEOUT)  # read at call time: tests shorten it
-            try:
-                plugin, env, stdin = decode_request(read_request(sock))
-                code, out = run_request(plugin, env, stdin)
-            except BadRequest as exc:
-                code, out = 1, entry.error_output(exc.code, str(exc))
-            except OSError as exc:  # includes the read timeout: the client is gone or stalled
-                self.log(f"dropped a request: {exc}")
-                return
-            with contextlib.suppress(OSError):  # the client may have given up; nothing to tell it
-                sock.sendall(entry.encode_reply(code, out))
+            self._serve(sock)
         finally:
             with self._idle:
                 self._active -= 1
-                self.served += 1
                 self._idle.notify_all()
-            if self.log_requests:
-                self._log_request(plugin, env, code, started)
+
+    def _serve(self, sock: socket.socket) -> None:
+        started = time.perf_counter()
+        sock.settimeout(READ_TIMEOUT)  # read at call time: tests shorten it
+        try:
+            line = read_request(sock)
+            if not line:
+                return  # a probe
+            plugin, env, stdin = decode_request(line)
+        except BadRequest as exc:
+            self.log(f"bad request: {exc}")
+            _reply(sock, 1, entry.error_output(exc.code, str(exc)))
+            return
+        except OSError as exc:  # includes the read timeout: the client is gone or stalled
+            self.log(f"dropped a request: {exc}")
+            return
+        code, out = run_request(plugin, env, stdin)
+        _reply(sock, code, out)
+        with self._idle:
+            self.served += 1
+        if self.log_requests:
+            self._log_request(plugin, env, code, started)
 
     def _log_request(self, plugin: str, env: dict[str, Any], code: int, started: float) -> None:
         ms = (time.perf_counter() - started) * 1000
         self.log(f"{plugin} {env.get('CNI_COMMAND', '?')} container={env.get('CNI_CONTAINERID', '')} "
                  f"ifname={env.get('CNI_IFNAME', '')} exit={code} {ms:.1f} ms")
+
+
+def _reply(sock: socket.socket, code: int, out: bytes) -> None:
+    with contextlib.suppress(OSError):  # the client may have given up; nothing to tell it
+        sock.sendall(entry.encode_reply(code, out))
 
 
 def _remove_stale_socket(path: str) -> None:
@@ -276,26 +313,145 @@ def _remove_stale_socket(path: str) -> None:
     raise AlreadyRunning(f"another daemon is listening on {path}")
 
 
+# -------------------------------------------------------------------- workers
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+class WorkerPool:
+    """Forked copies of a prepared (warm, bound) daemon, all accepting on the same socket.
+
+    Why processes: the GIL serialises the CPU-heavy part of every request (pyroute2 encoding and
+    parsing netlink messages, JSON), so one process serves N concurrent ADDs in about N times one
+    ADD while the exec'd reference plugins use every core.  Forking after the warm-up shares the
+    imported modules copy-on-write.  Each worker still serves each request in a thread of its own.
+    A worker that dies is replaced (its in-flight requests fail over as cni.entry describes);
+    workers exit on their own when the parent disappears.
+    """
+
+    def __init__(self, daemon: Daemon, size: int) -> None:
+        self.daemon = daemon
+        self.size = size
+        self.pids: dict[int, int] = {}  # pid -> slot
+        self._last_spawn: dict[int, float] = {}
+
+    def spawn(self, slot: int) -> None:
+        # Stop signals stay blocked across fork until the child has its own handlers, so a
+        # SIGTERM in between is delivered late rather than lost.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _worker_main(self.daemon, os.getppid())  # never returns
+            self.pids[pid] = slot
+            self._last_spawn[slot] = time.monotonic()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+    def start(self) -> None:
+        for slot in range(self.size):
+            self.spawn(slot)
+        self.daemon.log(f"{self.size} worker(s): {sorted(self.pids)}")
+
+    def reap(self, *, respawn: bool) -> None:
+        """Collect exited workers (by recorded PID only); replace them if asked, at most once a
+        second per slot so a worker that crashes at start cannot fork-bomb the node."""
+        for pid, slot in list(self.pids.items()):
+            with contextlib.suppress(ChildProcessError):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if not done:
+                    continue
+                self.daemon.log(f"worker {pid} exited (status {status})")
+            del self.pids[pid]
+            if respawn:
+                time.sleep(max(0.0, 1.0 - (time.monotonic() - self._last_spawn.get(slot, 0.0))))
+                self.spawn(slot)
+
+    def terminate(self, grace: float) -> None:
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while self.pids and time.monotonic() < deadline:
+            self.reap(respawn=False)
+            time.sleep(0.02)
+        for pid in list(self.pids):
+            self.daemon.log(f"worker {pid} did not stop within {grace:g} s; killing it")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            del self.pids[pid]
+
+
+def _worker_main(daemon: Daemon, parent: int) -> None:
+    code = 0
+    try:
+        stop = _stop_event()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        daemon.serve_in_background()
+        while not stop.wait(1.0):
+            if os.getppid() != parent:  # the parent was killed: do not linger as an orphan
+                break
+        daemon.stop(owner=False)
+    except BaseException as exc:
+        daemon.log(f"worker failed: {type(exc).__name__}: {exc}")
+        code = 1
+    finally:
+        sys.stderr.flush()
+        os._exit(code)  # never return into the parent's code (or run its atexit handlers)
+
+
+def _stop_event() -> threading.Event:
+    stop = threading.Event()
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def run(daemon: Daemon, workers: int) -> None:
+    """Serve until SIGTERM/SIGINT, in this process (workers=1) or in forked workers."""
+    stop = _stop_event()
+    daemon.prepare()
+    if workers <= 1:
+        try:
+            daemon.serve_in_background()
+            while not stop.wait(1.0):
+                pass
+        finally:
+            daemon.stop()
+        return
+    pool = WorkerPool(daemon, workers)
+    try:
+        pool.start()
+        daemon.log(f"serving on {daemon.socket_path}")
+        while not stop.wait(0.2):
+            pool.reap(respawn=True)
+    finally:
+        daemon.close_listener()  # first: new execs fall back to in-process at once
+        pool.terminate(daemon.grace + 5)
+        daemon.stop()
+
+
+def default_workers() -> int:
+    # More workers than cores buys nothing for CPU-bound work; the kernel's RTNL lock serialises
+    # the rest anyway.
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cni.daemon", description=__doc__.split("\n")[0])
     parser.add_argument("--socket", default=entry.DEFAULT_SOCKET, help="unix socket to listen on")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help="worker processes (default: CPUs, at most 4; 1 = no fork)")
     parser.add_argument("--no-preload", action="store_true", help="skip importing pyroute2/plugins")
     parser.add_argument("--quiet", action="store_true", help="no per-request log lines")
     args = parser.parse_args(argv)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     daemon = Daemon(args.socket, preload=not args.no_preload, log_requests=not args.quiet)
     try:
-        daemon.start()
+        run(daemon, args.workers)
     except AlreadyRunning as exc:
         daemon.log(f"refusing to start: {exc}")
         sys.exit(1)
-    try:
-        while not stop.wait(1.0):
-            pass
-    finally:
-        daemon.stop()
 
 
 if __name__ == "__main__":

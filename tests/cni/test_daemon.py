@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -248,11 +249,20 @@ def test_stop_waits_for_in_flight_requests(served):
 
 
 # ------------------------------------------------------ the real process + exec
+def accepting(socket_path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(socket_path)
+        except OSError:
+            return False
+        return True
+
+
 def start_daemon_process(socket_path: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, "-m", "cni.daemon", "--socket", socket_path, *extra],
                             cwd=REPO, stdout=log.open("ab"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
-    while not os.path.exists(socket_path):
+    while not accepting(socket_path):  # not just "exists": a stale socket may be lying there
         assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline, "daemon did not come up"
         time.sleep(0.02)
@@ -307,3 +317,68 @@ def test_executable_falls_back_when_the_daemon_is_killed(installed, short_dir, t
     assert exec_plugin(installed / "host-local", env, host_local(tmp_path)) == (0, b"")
     leases = [p for p in (tmp_path / "podnet").iterdir() if p.name[0].isdigit()]
     assert leases == []  # the DEL ran in-process and released the address
+
+
+# -------------------------------------------------------------------- workers
+def worker_pids(log: Path) -> list[int]:
+    for line in reversed(log.read_text().splitlines()):
+        if "worker(s): [" in line:
+            return [int(p) for p in line.split("[")[-1].rstrip("]").split(",")]
+    raise AssertionError(log.read_text())
+
+
+def serving_pids(log: Path) -> set[int]:
+    return {int(p) for p in re.findall(r"podnet-cni-daemon\[(\d+)\]: serving", log.read_text())}
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # exited, not yet reaped
+    except FileNotFoundError:
+        return True
+
+
+def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_dead_worker_is_replaced_and_sigterm_stops_every_worker(short_dir, tmp_path):
+    sock, log = str(short_dir / "cni.sock"), tmp_path / "daemon.log"
+    proc = start_daemon_process(sock, log, "--no-preload", "--workers", "2")
+    try:
+        assert wait_until(lambda: "worker(s): [" in log.read_text())
+        first, second = worker_pids(log)
+        os.kill(first, signal.SIGKILL)
+        assert wait_until(lambda: f"worker {first} exited" in log.read_text())
+        for i in range(6):  # served whichever worker accepts
+            env = env_for("ADD", cid=f"w{i}")
+            assert entry.forward("host-local", env, host_local(tmp_path), sock)[0] == 0
+        assert wait_until(lambda: len(serving_pids(log)) >= 3)  # the replacement announced itself
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    workers = serving_pids(log) - {proc.pid}
+    assert second in workers
+    assert all(wait_until(lambda p=p: gone(p)) for p in workers)
+    assert not os.path.exists(sock) and not os.path.exists(daemon.pid_file_of(sock))
+
+
+def test_workers_exit_when_the_parent_is_killed(short_dir, tmp_path):
+    sock, log = str(short_dir / "cni.sock"), tmp_path / "daemon.log"
+    proc = start_daemon_process(sock, log, "--no-preload", "--workers", "2")
+    assert wait_until(lambda: "worker(s): [" in log.read_text())
+    pids = worker_pids(log)
+    proc.kill()
+    proc.wait(timeout=10)
+    assert all(wait_until(lambda p=p: gone(p), timeout=5) for p in pids)
+    # Their socket is stale now; the executables fall back and a new daemon takes over.
+    assert entry.serve("host-local", {**env_for("DEL"), entry.SOCKET_ENV: sock}, host_local(tmp_path))[0] == 0
+    again = start_daemon_process(sock, log, "--no-preload", "--workers", "1")
+    again.send_signal(signal.SIGTERM)
+    assert again.wait(timeout=30) == 0
