@@ -101,10 +101,23 @@ class Stats:
     median: float
     p95: float
     wall: float | None = None
+    samples: list[float] = field(default_factory=list, repr=False)
+    walls: list[float] = field(default_factory=list, repr=False)
 
     @classmethod
     def of(cls, values: list[float], wall: float | None = None) -> Stats:
-        return cls(statistics.median(values), p95(values), wall)
+        walls = [] if wall is None else [wall]
+        return cls(statistics.median(values), p95(values), wall, list(values), walls)
+
+    @classmethod
+    def merge(cls, parts: list[Stats]) -> Stats | None:
+        """Pool the samples of several rounds; the wall is the median round's."""
+        if not parts:
+            return None
+        samples = [v for p in parts for v in p.samples]
+        walls = [w for p in parts for w in p.walls]
+        return cls(statistics.median(samples), p95(samples),
+                   statistics.median(walls) if walls else None, samples, walls)
 
 
 @dataclass
@@ -116,6 +129,18 @@ class RunResult:
     par_add: Stats | None = None
     par_del: Stats | None = None
     error: str = ""
+
+    @classmethod
+    def merge(cls, runs: list[RunResult]) -> RunResult:
+        ok = [r for r in runs if not r.error]
+        merged = cls(runs[0].scenario, runs[0].impl,
+                     error="; ".join(dict.fromkeys(r.error for r in runs if r.error)))
+        for attr in STAT_ATTRS:
+            setattr(merged, attr, Stats.merge([getattr(r, attr) for r in ok if getattr(r, attr)]))
+        return merged
+
+
+STAT_ATTRS = ("seq_add", "seq_del", "par_add", "par_del")
 
 
 # ------------------------------------------------------------------ running
@@ -266,13 +291,15 @@ def _rows(results: list[RunResult], attr: str, wall: bool) -> list[str]:
     return rows
 
 
-def render_tables(results: list[RunResult], n: int, parallel: int) -> str:
+def render_tables(results: list[RunResult], n: int, parallel: int, rounds: int = 1) -> str:
     head = ("| scenario | op | reference | podnet + daemon | ratio | podnet exec-only | ratio |\n"
             "|---|---|---|---|---|---|---|")
-    lines = [f"### Sequential, N={n} (median / p95, ms per conflist op)", "", head]
+    per = f", {rounds} rounds pooled" if rounds > 1 else ""
+    lines = [f"### Sequential, N={n}{per} (median / p95, ms per conflist op)", "", head]
     for attr in ("seq_add", "seq_del"):
         lines += _rows(results, attr, wall=False)
-    lines += ["", f"### {parallel} in parallel (median / p95 / wall for all {parallel}, ms)", "", head]
+    lines += ["", f"### {parallel} in parallel{per} (median / p95 / wall for all {parallel}, ms)", "",
+              head]
     for attr in ("par_add", "par_del"):
         lines += _rows(results, attr, wall=True)
     errors = [f"* {r.scenario} / {r.impl}: {r.error}" for r in results if r.error]
@@ -298,7 +325,8 @@ def machine_facts(argv: list[str]) -> str:
     ])
 
 
-def render_document(results: list[RunResult], n: int, parallel: int, argv: list[str]) -> str:
+def render_document(results: list[RunResult], n: int, parallel: int, argv: list[str],
+                    rounds: int = 1) -> str:
     return "\n".join([
         "# CNI latency: podnet vs the reference plugins",
         "",
@@ -317,7 +345,7 @@ def render_document(results: list[RunResult], n: int, parallel: int, argv: list[
         "",
         machine_facts(argv),
         "",
-        render_tables(results, n, parallel),
+        render_tables(results, n, parallel, rounds),
     ])
 
 
@@ -326,28 +354,34 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=50, help="sequential pods per run")
     parser.add_argument("--parallel", type=int, default=20, help="pods added/deleted at once")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat everything, interleaved; "
+                        "samples are pooled")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--impls", default=",".join(IMPLS))
     parser.add_argument("--write", metavar="PATH", help="write the markdown report here")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
-    results = []
+    runs: dict[tuple[str, str], list[RunResult]] = {}
     with tempfile.TemporaryDirectory(prefix="podnet-bench-") as work:
         setup = Setup(os.path.join(work, "bin"), work, args.n, args.parallel)
         install_ours(setup.our_bin)
-        for scenario in args.scenarios.split(","):
-            for impl in args.impls.split(","):
-                result = run_one(scenario, impl, setup)
-                print(json.dumps({"scenario": scenario, "impl": impl, "error": result.error,
-                                  **{k: vars(getattr(result, k)) for k in
-                                     ("seq_add", "seq_del", "par_add", "par_del")
-                                     if getattr(result, k) is not None}}), flush=True)
-                results.append(result)
+        # Rounds interleave the implementations, so background load hits all of them alike.
+        for _ in range(args.rounds):
+            for scenario in args.scenarios.split(","):
+                for impl in args.impls.split(","):
+                    result = run_one(scenario, impl, setup)
+                    print(json.dumps({"scenario": scenario, "impl": impl, "error": result.error,
+                                      **{k: [round(getattr(result, k).median, 1),
+                                             round(getattr(result, k).p95, 1)]
+                                         for k in STAT_ATTRS if getattr(result, k) is not None}}),
+                          flush=True)
+                    runs.setdefault((scenario, impl), []).append(result)
         log = os.path.join(work, "daemon.log")
-        if os.path.exists(log) and any(r.error for r in results):
+        if os.path.exists(log) and any(r.error for rs in runs.values() for r in rs):
             print(Path(log).read_text()[-3000:], file=sys.stderr)
-    document = render_document(results, args.n, args.parallel, argv)
+    results = [RunResult.merge(rs) for rs in runs.values()]
+    document = render_document(results, args.n, args.parallel, argv, args.rounds)
     print(document)
     if args.write:
         Path(args.write).write_text(document)
