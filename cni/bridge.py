@@ -313,7 +313,7 @@ def ensure_bridge(host: Netlink, conf: BridgeConf) -> Link:
     host.set_link(conf.bridge, address=br.mac)
     if not br.up:
         host.set_up(conf.bridge)
-    return host.require_link(conf.bridge)
+    return br
 
 
 def ensure_bridge_addr(host: Netlink, iface: str, cidr: str, force: bool) -> None:
@@ -409,49 +409,53 @@ def cmd_add(req: skel.Request) -> types.Result:
 
 def _add(a: _Add) -> types.Result:
     with bridge_lock(a.conf.bridge):
-        ensure_bridge(a.host, a.conf)
-    _create_veth(a)
-    _attach_host_veth(a)
+        bridge_link = ensure_bridge(a.host, a.conf)
+    container = _create_veth(a)
+    _attach_host_veth(a, bridge_link)
     ipam = _ipam_add(a)
     plan = plan_ips(ipam, a.conf)
     _configure_container(a, plan)
-    a.host.wait_oper_up(a.record.host_iface)
+    host_veth = a.host.wait_oper_up(a.record.host_iface)
     if a.conf.is_gateway:
         _ensure_gateway(a, plan)
     if a.conf.ip_masq:
         _masq_setup(a)
     if a.conf.mac_spoof_chk:
-        _macspoof_setup(a)
-    links = (a.host.require_link(a.conf.bridge), a.host.require_link(a.record.host_iface),
-             a.pod.require_link(a.req.ifname))
+        _macspoof_setup(a, container.mac)
+    links = (bridge_link, host_veth, container)  # the bridge MAC is pinned: still current
     result = build_result(a.conf, a.req, links, plan, ipam)
     a.record.result, a.record.complete = result, True
     a.store.put(a.record)
     return result
 
 
-def _create_veth(a: _Add) -> None:
+def _create_veth(a: _Add) -> Link:
     """The pair is created inside the pod's namespace with the peer moved to ours, so the
     container side never exists, even briefly, under a name that could clash on the host."""
     ifname, host_veth = a.req.ifname, a.record.host_iface
     if a.pod.get_link(ifname) is not None:
+        # Checked before touching the host veth: the same (container, ifname) attached through
+        # another network has the same host veth name, which must not be deleted below.
         raise skel.CniError(skel.ALREADY_ATTACHED, f"bridge: container already has interface {ifname}")
-    # Our deterministic name with no record behind it is a leftover of an ADD whose record was
-    # lost (e.g. a wiped state dir): it is ours by name, replace it.
+    # Our deterministic name, no record behind it and no container side: a leftover of an ADD
+    # whose record was lost (e.g. a wiped state dir).  It is ours by name: replace it.
     a.host.delete_link(host_veth)
-    a.undo.push(f"delete veth {host_veth}", lambda: a.host.delete_link(host_veth))
     try:
         with netns_fd() as host_fd:
-            a.pod.add_veth_pair(ifname, host_veth, peer_netns_fd=host_fd, mtu=a.conf.mtu or None,
-                                mac=a.conf.mac or None)
+            container = a.pod.add_veth_pair(ifname, host_veth, peer_netns_fd=host_fd,
+                                            mtu=a.conf.mtu or None, mac=a.conf.mac or None)
     except AlreadyExists as exc:
-        raise skel.CniError(skel.ALREADY_ATTACHED, f"bridge: {exc}") from exc
+        raise skel.CniError(skel.ALREADY_ATTACHED, f"bridge: container already has interface "
+                            f"{ifname}") from exc
+    a.undo.push(f"delete veth {host_veth}", lambda: a.host.delete_link(host_veth))
+    return container
 
 
-def _attach_host_veth(a: _Add) -> None:
+def _attach_host_veth(a: _Add, bridge_link: Link) -> None:
+    """Enslave and bring up in one message; the port flags need it enslaved.  The pod has no
+    address yet, so nothing crosses the port before hairpin/VLAN are set."""
     name = a.record.host_iface
-    bridge = a.host.require_link(a.conf.bridge)
-    a.host.set_link(name, master=bridge.index)
+    a.host.set_link(name, master=bridge_link.index, state="up")
     if a.conf.hairpin:
         a.host.set_hairpin(name)
     if a.conf.vlan:
@@ -461,7 +465,6 @@ def _attach_host_veth(a: _Add) -> None:
             if exc.errno == EOPNOTSUPP:
                 raise _vlan_unsupported(exc) from exc
             raise
-    a.host.set_up(name)
 
 
 def _ipam_add(a: _Add) -> types.Result:
@@ -470,7 +473,8 @@ def _ipam_add(a: _Add) -> types.Result:
     result = delegate.delegate(a.conf.ipam_type, "ADD", a.req)
     assert result is not None
     a.record.ips = [ip["address"] for ip in result.get("ips") or []]
-    a.store.put(a.record)
+    if a.conf.ip_masq:  # only masquerade teardown needs the addresses before ADD completes
+        a.store.put(a.record)
     return result
 
 
@@ -518,9 +522,8 @@ def _masq_setup(a: _Add) -> None:
     masq.setup(req.name, req.container_id, req.ifname, ips)
 
 
-def _macspoof_setup(a: _Add) -> None:
+def _macspoof_setup(a: _Add, mac: str) -> None:
     req, host_veth = a.req, a.record.host_iface
-    mac = a.pod.require_link(req.ifname).mac
     a.undo.push("macspoofchk teardown",
                 lambda: _nft(macspoof_delete_script(req.container_id, req.ifname, host_veth)))
     _nft(macspoof_add_script(req.name, req.container_id, req.ifname, host_veth, mac))

@@ -211,9 +211,12 @@ class Netlink:
         return self.require_link(name)
 
     def set_link(self, name: str, **attrs: Any) -> None:
-        """`ip link set`: state="up", master=<index>, mtu=..., address=..., etc."""
-        link = self.require_link(name)
-        self._call(f"set link {name}", self._ipr.link, "set", index=link.index, **attrs)
+        """`ip link set`: state="up", master=<index>, mtu=..., address=..., etc.
+
+        The device is named by IFLA_IFNAME (ifi_index 0), which the kernel resolves itself: one
+        round trip instead of a lookup first (each costs ~0.8 ms through pyroute2).
+        """
+        self._call(f"set link {name}", self._ipr.link, "set", ifname=name, **attrs)
 
     def set_up(self, name: str) -> None:
         self.set_link(name, state="up")
@@ -307,21 +310,22 @@ class Netlink:
             events.close()
 
     def delete_link(self, name: str) -> bool:
-        """Delete a link by name; False (not an error) when it is already gone."""
-        link = self.get_link(name)
-        if link is None:
-            return False
-        return self.delete_link_index(link.index)
+        """Delete a link by name (IFLA_IFNAME, one round trip); False (not an error) when it is
+        already gone."""
+        return self._delete_link(name, ifname=name)
 
     def delete_link_index(self, index: int) -> bool:
+        return self._delete_link(f"index {index}", index=index)
+
+    def _delete_link(self, what: str, **spec: Any) -> bool:
         from pyroute2 import NetlinkError
 
         try:
-            self._ipr.link("del", index=index)
+            self._ipr.link("del", **spec)
         except NetlinkError as exc:
             if _errno(exc) in _GONE:
                 return False
-            raise NetlinkFailure("delete link", _errno(exc) or 0, str(exc)) from exc
+            raise NetlinkFailure(f"delete link {what}", _errno(exc) or 0, str(exc)) from exc
         return True
 
     # ------------------------------------------------------------- addresses
@@ -339,10 +343,9 @@ class Netlink:
         return out
 
     def ensure_addr(self, name: str, cidr: str) -> None:
-        """Add an address; success when the same address/prefix is already there."""
+        """Add an address; success when the same address/prefix is already there (the kernel
+        answers EEXIST exactly then: the same address with another prefix is another address)."""
         iface = ipaddress.ip_interface(cidr)
-        if str(iface) in {str(ipaddress.ip_interface(a)) for a in self.list_addrs(name)}:
-            return
         link = self.require_link(name)
         with suppress(AlreadyExists):
             self._call(f"add address {cidr} to {name}", self._ipr.addr, "add", index=link.index,
