@@ -255,6 +255,52 @@ def run_one(scenario: str, impl: str, setup: Setup) -> RunResult:
     return result
 
 
+def floor_commands(setup: Setup, sock: str) -> dict[str, tuple[list[str], dict[str, str], bytes]]:
+    """Cheap invocations that show each path's fixed cost: nothing to do but start and answer."""
+    ipam = {"type": "host-local", "dataDir": f"{setup.workdir}/floor-ipam", "ranges": [[{"subnet": SUBNET}]]}
+    conf = json.dumps({"cniVersion": "1.0.0", "name": "floor", "type": "bridge",
+                       "stateDir": f"{setup.workdir}/floor-state", "ipam": ipam}).encode()
+    version = {"CNI_COMMAND": "VERSION"}
+    # DEL of an attachment that never existed: every plugin must answer it, and it is all
+    # fixed cost (bridge: netlink socket + lookups; host-local: lock + scan of an empty dir).
+    delete = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "floor", "CNI_IFNAME": "eth0", "CNI_NETNS": "",
+              "CNI_PATH": setup.our_bin, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    py = os.path.realpath(sys.executable)
+    ours = os.path.join(setup.our_bin, "bridge")
+    return {
+        "/bin/true": (["/bin/true"], {}, b""),
+        "reference bridge VERSION": ([f"{REFERENCE_DIR}/bridge"], version, b"{}"),
+        "python -IS -c pass": ([py, "-IS", "-c", "pass"], {}, b""),
+        "podnet bridge VERSION": ([ours], version, b"{}"),
+        "podnet bridge DEL (no-op) via daemon": ([ours], {**delete, "PODNET_CNI_SOCKET": sock}, conf),
+        "podnet host-local DEL (no-op) in-process": (
+            [os.path.join(setup.our_bin, "host-local")], {**delete, "PODNET_CNI_SOCKET": ""}, conf),
+        "podnet bridge DEL (no-op) in-process": ([ours], {**delete, "PODNET_CNI_SOCKET": ""}, conf),
+    }
+
+
+def measure_floor(setup: Setup, n: int) -> dict[str, Stats]:
+    """Per-exec fixed cost of each path, interleaved, inside a simulated host (never the root netns)."""
+    topo = Topology()
+    try:
+        host = topo.add_host()
+        sock = os.path.join(setup.workdir, "floor.sock")
+        commands = floor_commands(setup, sock)
+        samples: dict[str, list[float]] = {name: [] for name in commands}
+        with daemon_in(topo, host, sock, os.path.join(setup.workdir, "daemon.log")), \
+                netns.enter(host.path):
+            for _ in range(n):
+                for name, (argv, env, stdin) in commands.items():
+                    started = time.perf_counter()
+                    proc = subprocess.run(argv, input=stdin, env=env, capture_output=True, check=False)
+                    samples[name].append((time.perf_counter() - started) * 1000)
+                    if proc.returncode != 0:
+                        raise RuntimeError(f"{name}: exit {proc.returncode}: {proc.stdout[:300]!r}")
+        return {name: Stats.of(values) for name, values in samples.items()}
+    finally:
+        topo.cleanup()
+
+
 def install_ours(directory: str) -> None:
     subprocess.run([sys.executable, "-m", "cni.install", "--dir", directory], check=True, cwd=REPO,
                    capture_output=True)
@@ -325,21 +371,45 @@ def machine_facts(argv: list[str]) -> str:
     ])
 
 
+def render_floor(floor: dict[str, Stats], n: int) -> str:
+    lines = [f"### Fixed cost per exec, N={n} interleaved (ms, as the runtime sees it)", "",
+             "| invocation | median | p95 |", "|---|---|---|"]
+    lines += [f"| {name} | {st.median:.1f} | {st.p95:.1f} |" for name, st in floor.items()]
+    return "\n".join(lines) + "\n"
+
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def write_report(path: str, generated: str) -> None:
+    """Replace the generated part of `path`, keeping any hand-written text around the markers."""
+    block = f"{BEGIN}\n{generated.rstrip()}\n{END}\n"
+    try:
+        current = Path(path).read_text()
+    except FileNotFoundError:
+        current = ""
+    if BEGIN in current and END in current:
+        head, rest = current.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1].lstrip("\n")
+        text = head + block + ("\n" + tail if tail else "")
+    else:
+        text = "# CNI latency: podnet vs the reference plugins\n\n" + block
+    Path(path).write_text(text)
+
+
 def render_document(results: list[RunResult], n: int, parallel: int, argv: list[str],
                     rounds: int = 1) -> str:
     return "\n".join([
-        "# CNI latency: podnet vs the reference plugins",
-        "",
-        "Written by `bench/cni_latency.py` (`make bench`); numbers are from one run on the machine "
-        "below, all implementations measured side by side in the same run.  Each (scenario, "
-        "implementation) gets a fresh simulated host netns, one netns per pod, host-local state in "
-        "a temp dataDir, conflist cniVersion 1.0.0, plugins exec'd by a libcni-like runtime "
-        "(podnet.testing.cnirun).  One warm-up ADD+DEL precedes each measurement.  Times are per "
-        "conflist operation as a runtime sees it.",
+        "Generated by `bench/cni_latency.py` (`make bench`): all implementations measured side by "
+        "side in the same run on the machine below.  Each (scenario, implementation) gets a fresh "
+        "simulated host netns, one netns per pod, host-local state in a temp dataDir, conflist "
+        "cniVersion 1.0.0, plugins exec'd by a libcni-like runtime (podnet.testing.cnirun).  One "
+        "warm-up ADD+DEL precedes each measurement.  Times are per conflist operation as a runtime "
+        "sees it (every exec of the chain plus ~1 ms of the runtime's own fork/exec).",
         "",
         "* **reference**: containernetworking-plugins from /usr/lib/cni (Go).",
-        "* **podnet + daemon**: our executables forwarding to `python -m cni.daemon` running in the "
-        "host netns.",
+        "* **podnet + daemon**: our executables forwarding to `python -m cni.daemon` (default "
+        "workers) running in the host netns.",
         "* **podnet exec-only**: our executables with no daemon (`PODNET_CNI_SOCKET=`), the "
         "fallback path.",
         "",
@@ -358,7 +428,10 @@ def main(argv: list[str] | None = None) -> None:
                         "samples are pooled")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--impls", default=",".join(IMPLS))
-    parser.add_argument("--write", metavar="PATH", help="write the markdown report here")
+    parser.add_argument("--floor", type=int, default=100, metavar="N",
+                        help="fixed-cost execs per invocation kind (0: skip)")
+    parser.add_argument("--write", metavar="PATH", help="write the markdown report here (only the "
+                        "part between the bench markers is replaced)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
@@ -366,6 +439,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="podnet-bench-") as work:
         setup = Setup(os.path.join(work, "bin"), work, args.n, args.parallel)
         install_ours(setup.our_bin)
+        floor = measure_floor(setup, args.floor) if args.floor else {}
         # Rounds interleave the implementations, so background load hits all of them alike.
         for _ in range(args.rounds):
             for scenario in args.scenarios.split(","):
@@ -382,9 +456,11 @@ def main(argv: list[str] | None = None) -> None:
             print(Path(log).read_text()[-3000:], file=sys.stderr)
     results = [RunResult.merge(rs) for rs in runs.values()]
     document = render_document(results, args.n, args.parallel, argv, args.rounds)
+    if floor:
+        document += "\n" + render_floor(floor, args.floor)
     print(document)
     if args.write:
-        Path(args.write).write_text(document)
+        write_report(args.write, document)
 
 
 if __name__ == "__main__":
