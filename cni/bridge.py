@@ -236,7 +236,7 @@ def macspoof_add_script(network: str, container_id: str, ifname: str, host_veth:
             f"add rule bridge {t} prerouting iifname vmap @ports\n"
             f"add chain bridge {t} {chain}\n"
             f"flush chain bridge {t} {chain}\n"
-            f"add rule bridge {t} {chain} ether saddr != {mac} drop "
+            f"add rule bridge {t} {chain} ether saddr != {mac} counter drop "
             f"comment \"podnet macspoofchk net={network} id={container_id}\"\n"
             f"add element bridge {t} ports {{ \"{host_veth}\" : jump {chain} }}\n")
 
@@ -538,15 +538,24 @@ def cmd_del(req: skel.Request) -> None:
     """
     conf = parse_conf(req)
     store = _store(conf)
-    record = store.get(req.container_id, req.ifname) or _new_record(req, conf)
+    found = store.get(req.container_id, req.ifname)
+    record = found or _new_record(req, conf)
     if not record.ips:
         record.ips = container_ips(req.prev_result)
+    # Links and the MAC filter are named by (container, ifname) alone: an attachment of another
+    # network with that pair (the runtime DELs after a refused duplicate ADD) has the same names.
+    # They are only ours when this network's record or prevResult says so.
+    owned = found is not None or _result_names(req.prev_result, record.host_iface)
     try:
-        _release(req, conf, record, delete_container_link=True)
+        _release(conf, record, links=owned, container_netns=req.netns)
     except (PodnetError, OSError) as exc:
         raise _as_cni_error(exc) from exc
     delegate.delegate(conf.ipam_type, "DEL", req)
     store.remove(req.container_id, req.ifname)
+
+
+def _result_names(result: types.Result | None, iface: str) -> bool:
+    return any(i.get("name") == iface for i in (result or {}).get("interfaces") or [])
 
 
 def _delete_container_link(netns_path: str, ifname: str) -> None:
@@ -560,19 +569,20 @@ def _delete_container_link(netns_path: str, ifname: str) -> None:
             pod.delete_link_index(link.index)
 
 
-def _release(req: skel.Request, conf: BridgeConf, record: attachments.Attachment, *,
-             delete_container_link: bool) -> None:
+def _release(conf: BridgeConf, record: attachments.Attachment, *, links: bool,
+             container_netns: str = "") -> None:
     """Everything of one attachment except IPAM and the record; each step is idempotent."""
-    if delete_container_link:
-        _delete_container_link(req.netns, record.ifname)
     host_veth = record.host_iface or names.host_veth_name(record.container_id, record.ifname)
-    with Netlink.open() as host:
-        host.delete_link(host_veth)
-    if conf.mac_spoof_chk or record.extra.get("macspoofchk"):
-        _nft(macspoof_delete_script(record.container_id, record.ifname, host_veth))
+    if links:
+        _delete_container_link(container_netns, record.ifname)
+        with Netlink.open() as host:
+            host.delete_link(host_veth)
+        if conf.mac_spoof_chk or record.extra.get("macspoofchk"):
+            _nft(macspoof_delete_script(record.container_id, record.ifname, host_veth))
     if conf.ip_masq or record.extra.get("ipMasq"):
         from cni import masq
 
+        # Tagged with the network: never another network's entries.
         masq.teardown(conf.network, record.container_id, record.ifname, record.ips)
 
 
@@ -680,7 +690,7 @@ def cmd_gc(req: skel.Request) -> None:
         if record.key in keep:
             continue
         try:
-            _release(req, conf, record, delete_container_link=False)
+            _release(conf, record, links=True)
             delegate.delegate(conf.ipam_type, "DEL", _request_for(req, record))
             store.remove(record.container_id, record.ifname)
         except (skel.CniError, PodnetError, OSError) as exc:

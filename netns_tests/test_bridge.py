@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ class BridgeNet:
     name: str = "podnet-test"
     subnet: str = SUBNET
     pods: dict[str, str] = field(default_factory=dict)
+    add_results: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def ipam_dir(self) -> Path:
@@ -80,6 +82,7 @@ class BridgeNet:
         code, out = self.run("ADD", cid, conf or self.conf(), ifname=ifname)
         assert code == 0, out
         assert out is not None
+        self.add_results[cid] = out
         return out
 
     def delete(self, cid: str, conf: dict[str, Any] | None = None, **kwargs: Any) -> None:
@@ -211,11 +214,15 @@ def test_macspoofchk_drops_a_spoofed_source_mac(net: BridgeNet) -> None:
     net.add("pod1", conf)
     pod = net.pods["pod1"]
     assert ping(pod, GATEWAY)
+    assert net.run("CHECK", "pod1", conf, prev=net.add_results["pod1"])[0] == 0
     execs.run(["ip", "neigh", "flush", "all"], netns=pod)
     execs.run(["ip", "link", "set", "eth0", "address", "02:00:00:00:00:99"], netns=pod)
     assert not ping(pod, GATEWAY)
     listing = net.host.run("nft", "list", "table", "bridge", bridge.MACSPOOF_TABLE).stdout
-    assert "drop" in listing and "packets 0 " not in listing
+    dropped = re.search(r"counter packets (\d+) bytes \d+ drop", listing)
+    assert dropped and int(dropped.group(1)) > 0, listing
+    code, out = net.run("CHECK", "pod1", conf, prev=net.add_results["pod1"])
+    assert code == 1 and out is not None and "MAC" in out["msg"], out  # the pod's MAC changed
     net.delete("pod1", conf)
     listing = net.host.run("nft", "list", "table", "bridge", bridge.MACSPOOF_TABLE).stdout
     assert "ms-" not in listing and "elements" not in listing
@@ -251,15 +258,22 @@ def test_check_passes_after_add_and_fails_once_the_interface_is_gone(net: Bridge
 
 
 def test_duplicate_add_is_refused_with_code_100(net: BridgeNet) -> None:
-    net.add("pod1")
-    code, out = net.run("ADD", "pod1", net.conf())
+    conf = net.conf(isGateway=True, macspoofchk=True)
+    net.add("pod1", conf)
+    code, out = net.run("ADD", "pod1", conf)
     assert code == 1 and out is not None and out["code"] == skel.ALREADY_ATTACHED
     # The interface already in the netns (another network's attachment) is also a duplicate.
-    other = net.conf()
-    other["name"] = "other-net"
+    other = {**conf, "name": "other-net"}
     code, out = net.run("ADD", "pod1", other)
     assert code == 1 and out is not None and out["code"] == skel.ALREADY_ATTACHED
     assert len(net.allocated_ips()) == 1
+    # The runtime's DEL after the refused ADD must not take the first network's veth (same
+    # container and ifname, hence the same host veth name) nor its MAC filter.
+    net.delete("pod1", other)
+    assert ping(net.pods["pod1"], GATEWAY)
+    assert len(net.bridge_ports()) == 1
+    code, out = net.run("CHECK", "pod1", conf, prev=net.add_results["pod1"])
+    assert code == 0, out
 
 
 def test_failed_add_rolls_everything_back(net: BridgeNet) -> None:
@@ -289,6 +303,15 @@ def test_gc_releases_attachments_not_in_the_valid_list(net: BridgeNet) -> None:
     assert net.bridge_ports() == [r1["interfaces"][1]["name"]]
     assert net.allocated_ips() == [pod_ip(r1)]
     assert net.records() == ["pod1:eth0.json"]
+
+
+def test_status_is_forwarded_to_ipam(net: BridgeNet) -> None:
+    assert net.run("STATUS", "", net.conf(), ifname="", netns_path="") == (0, None)
+    full = net.conf()
+    full["ipam"] = {**full["ipam"], "subnet": "10.99.0.0/30"}  # one usable address
+    net.add("pod1", full)
+    code, out = net.run("STATUS", "", full, ifname="", netns_path="")
+    assert code == 1 and out is not None and out["code"] in (skel.NOT_AVAILABLE, skel.NOT_AVAILABLE_DEGRADED)
 
 
 def test_real_executable_add_check_del(net: BridgeNet) -> None:

@@ -174,7 +174,7 @@ def test_macspoof_scripts_are_one_transaction_each_and_idempotent_by_constructio
     assert chain.startswith("ms-") and chain == bridge.macspoof_chain("c1", "eth0")
     assert chain != bridge.macspoof_chain("c1", "eth1")
     add = bridge.macspoof_add_script("net1", "c1", "eth0", "vethabc", "0a:58:0a:01:00:05")
-    assert "ether saddr != 0a:58:0a:01:00:05 drop" in add
+    assert "ether saddr != 0a:58:0a:01:00:05 counter drop" in add
     assert f'add element bridge {bridge.MACSPOOF_TABLE} ports {{ "vethabc" : jump {chain} }}' in add
     # The shared dispatch rule is flushed before it is re-added: it stays a single rule.
     lines = add.splitlines()
