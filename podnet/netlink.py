@@ -148,21 +148,17 @@ class Netlink:
 
     # ----------------------------------------------------------------- links
     def get_link(self, name: str) -> Link | None:
-        from pyroute2 import NetlinkError
-
-        try:
-            msgs = self._ipr.link("get", ifname=name)
-        except NetlinkError as exc:
-            if _errno(exc) in _GONE:
-                return None
-            raise NetlinkFailure("get_link", _errno(exc) or 0, str(exc)) from exc
-        return _to_link(msgs[0]) if msgs else None
+        """The link called `name`, or None when there is none."""
+        return self._get_link(ifname=name)
 
     def get_link_by_index(self, index: int) -> Link | None:
+        return self._get_link(index=index)
+
+    def _get_link(self, **key: Any) -> Link | None:
         from pyroute2 import NetlinkError
 
         try:
-            msgs = self._ipr.link("get", index=index)
+            msgs = self._ipr.link("get", **key)
         except NetlinkError as exc:
             if _errno(exc) in _GONE:
                 return None
