@@ -36,7 +36,7 @@ from podnet import execs
 from podnet.errors import ExecError
 
 COMMENT_MAX = 128  # nft refuses longer comments ("comment too long, 128 characters maximum")
-LOCK_DIR = "/run/podnet/lock"
+LOCK_DIR = "/run/podnet/locks"  # shared with the bridge plugin's per-bridge locks
 # nft's message for a missing table/chain/set/element, and for an element clash.
 ENOENT_TEXT = "No such file or directory"
 EEXIST_TEXT = "File exists"
