@@ -23,6 +23,7 @@ import fcntl
 import gc
 import json
 import os
+import queue
 import signal
 import socket
 import socketserver
@@ -37,6 +38,7 @@ from cni import entry, plugins, skel
 MAX_REQUEST = 4 << 20  # a config with a large prevResult is a few KiB; this bounds memory per client
 READ_TIMEOUT = 10.0  # a client that connects and stalls must not pin a thread forever
 SHUTDOWN_GRACE = 30.0  # in-flight ADD/DEL get this long to finish after SIGTERM
+MAX_THREADS = 64  # per process: concurrent requests beyond this wait for a free thread
 
 
 class AlreadyRunning(Exception):
@@ -114,18 +116,52 @@ def run_request(plugin: str, env: dict[str, str], stdin: bytes) -> tuple[int, by
 
 
 # --------------------------------------------------------------------- server
-class _Server(socketserver.ThreadingUnixStreamServer):
-    daemon_threads = True  # a hung handler must not block process exit after the grace period
-    block_on_close = False  # Daemon.stop waits for in-flight requests itself, bounded
+class _Server(socketserver.UnixStreamServer):
     request_queue_size = 128  # 20+ pods can start at once; a full backlog would stall connects
     owner: Daemon
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.owner.dispatch(request)
 
-class _Handler(socketserver.BaseRequestHandler):
-    def handle(self) -> None:
-        server = self.server
-        assert isinstance(server, _Server)
-        server.owner.serve_connection(self.request)
+
+class _Handlers:
+    """Long-lived request threads, created on demand up to `limit`, then reused.
+
+    Why not a thread per request (socketserver.ThreadingMixIn): a fresh thread makes a bridge DEL
+    ~2.5 ms slower (measured, interleaved N=90: 24.9 vs 22.2 ms in-daemon), mostly per-thread
+    setup in pyroute2's asyncio core.  Not concurrent.futures either: its threads are joined at
+    interpreter exit, so one hung plugin would hang the daemon's shutdown; these are daemon
+    threads, bounded by Daemon.stop's grace period.  Idle accounting follows ThreadPoolExecutor.
+    """
+
+    def __init__(self, run: Any, limit: int) -> None:
+        self._run = run
+        self._limit = limit
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def submit(self, job: Any) -> None:
+        self._jobs.put(job)
+        if self._idle.acquire(timeout=0):
+            return  # an idle thread takes it
+        with self._lock:
+            if self._count < self._limit:
+                self._count += 1
+                threading.Thread(target=self._loop, name=f"cni-request-{self._count}",
+                                 daemon=True).start()
+
+    def close(self) -> None:
+        """Let idle threads end (busy ones end after their request)."""
+        with self._lock:
+            for _ in range(self._count):
+                self._jobs.put(None)
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            self._run(job)
+            self._idle.release()
 
 
 class Daemon:
@@ -145,6 +181,8 @@ class Daemon:
         self._pid_fd: int | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._handlers: _Handlers | None = None
+        self._home_netns: tuple[int, int] | None = None
 
     def log(self, message: str) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -170,6 +208,9 @@ class Daemon:
 
     def serve_in_background(self) -> None:
         assert self._server is not None
+        # Created here, in the process that serves: threads do not survive fork().
+        self._handlers = _Handlers(self._run_connection, MAX_THREADS)
+        self._home_netns = _thread_netns()
         self._thread = threading.Thread(target=self._server.serve_forever, name="cni-daemon-accept",
                                         kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
@@ -183,6 +224,9 @@ class Daemon:
             finished = self._idle.wait_for(lambda: self._active == 0, timeout=self.grace)
         if not finished:
             self.log(f"stopping with {self._active} request(s) still running after {self.grace:g} s")
+        if self._handlers is not None:
+            self._handlers.close()
+            self._handlers = None
         if owner:
             self._release_pid_lock()
         self.log(f"stopped after {self.served} request(s)")
@@ -226,7 +270,7 @@ class Daemon:
         _remove_stale_socket(self.socket_path)
         old_umask = os.umask(0o177)  # no window in which the socket is connectable by others
         try:
-            server = _Server(self.socket_path, _Handler)
+            server = _Server(self.socket_path, socketserver.BaseRequestHandler)
         finally:
             os.umask(old_umask)
         os.chmod(self.socket_path, 0o600)
@@ -251,15 +295,32 @@ class Daemon:
         self.log(f"warmed up in {(time.perf_counter() - started) * 1000:.0f} ms")
 
     # -------------------------------------------------------------- requests
-    def serve_connection(self, sock: socket.socket) -> None:
+    def dispatch(self, sock: socket.socket) -> None:
+        """Hand an accepted connection to a request thread (counted in flight from now on)."""
         with self._idle:
             self._active += 1
+        assert self._handlers is not None
+        self._handlers.submit(sock)
+
+    def _run_connection(self, sock: socket.socket) -> None:
         try:
             self._serve(sock)
         finally:
+            with contextlib.suppress(OSError):
+                sock.close()
             with self._idle:
                 self._active -= 1
                 self._idle.notify_all()
+            self._check_thread_netns()
+
+    def _check_thread_netns(self) -> None:
+        """This thread serves the next request too: it must be back in the daemon's namespace.
+        podnet.netns.enter always switches back, so a mismatch is a bug that could configure a
+        later pod in a wrong namespace; crash-only (house rule 8) beats limping on."""
+        if self._home_netns is not None and _thread_netns() != self._home_netns:
+            self.log("BUG: a request thread was left in a foreign network namespace; exiting")
+            sys.stderr.flush()
+            os._exit(70)
 
     def _serve(self, sock: socket.socket) -> None:
         started = time.perf_counter()
@@ -287,6 +348,11 @@ class Daemon:
         ms = (time.perf_counter() - started) * 1000
         self.log(f"{plugin} {env.get('CNI_COMMAND', '?')} container={env.get('CNI_CONTAINERID', '')} "
                  f"ifname={env.get('CNI_IFNAME', '')} exit={code} {ms:.1f} ms")
+
+
+def _thread_netns() -> tuple[int, int]:
+    st = os.stat("/proc/thread-self/ns/net")
+    return st.st_dev, st.st_ino
 
 
 def _reply(sock: socket.socket, code: int, out: bytes) -> None:

@@ -190,6 +190,53 @@ def test_a_stalled_client_is_dropped_and_does_not_block_others(served, monkeypat
         assert s.recv(10) == b""  # dropped after READ_TIMEOUT, without an answer
 
 
+def request_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("cni-request-")]
+
+
+def test_request_threads_are_reused_and_end_with_the_daemon(short_dir, monkeypatch):
+    monkeypatch.setitem(plugins.MODULES, "fake", __name__)
+    before = len(request_threads())
+    d = daemon.Daemon(str(short_dir / "cni.sock"), preload=False, log_requests=False)
+    d.start()
+    for i in range(5):
+        assert entry.forward("fake", env_for("ADD", cid=f"c{i}"), b'{"cniVersion":"1.0.0","name":"n"}',
+                             d.socket_path)[0] == 0
+    assert d._handlers is not None and d._handlers._count <= 2  # 2: a reply can beat the idle mark
+    d.stop()
+    assert wait_until(lambda: len(request_threads()) == before)
+
+
+def test_concurrency_beyond_the_thread_limit_queues(short_dir, monkeypatch):
+    monkeypatch.setitem(plugins.MODULES, "fake", __name__)
+    monkeypatch.setattr(daemon, "MAX_THREADS", 2)
+    d = daemon.Daemon(str(short_dir / "cni.sock"), preload=False, log_requests=False)
+    d.start()
+    try:
+        stdin = b'{"cniVersion":"1.0.0","name":"n","sleep":0.3}'
+        out: list[int] = []
+        clients = [threading.Thread(target=lambda i=i: out.append(entry.forward(
+            "fake", env_for("ADD", cid=f"c{i}"), stdin, d.socket_path)[0])) for i in range(5)]
+        started = time.monotonic()
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join()
+        assert out == [0] * 5
+        assert time.monotonic() - started >= 0.85  # 5 jobs of 0.3 s on 2 threads: 3 waves
+        assert d._handlers is not None and d._handlers._count == 2
+    finally:
+        d.stop()
+
+
+def test_a_thread_left_in_a_foreign_netns_ends_the_process(served, monkeypatch):
+    exits: list[int] = []
+    monkeypatch.setattr(daemon.os, "_exit", exits.append)
+    monkeypatch.setattr(daemon, "_thread_netns", lambda: (0, 0))  # "not home" after the request
+    entry.forward("fake", env_for("ADD"), b'{"cniVersion":"1.0.0","name":"n"}', served.socket_path)
+    assert wait_until(lambda: exits == [70], timeout=5)
+
+
 # ------------------------------------------------------------------ lifecycle
 def test_socket_is_private_and_pid_file_names_us(served):
     assert stat.S_IMODE(os.stat(served.socket_path).st_mode) == 0o600
