@@ -1,0 +1,1 @@
+"""Kubernetes-compatible API server backed by etcd (issue 3)."""

@@ -1,0 +1,1 @@
+"""Storage seam: the etcd-backed Store (the only importer of etcd3) and an in-memory Store for tests."""
