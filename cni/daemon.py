@@ -31,7 +31,7 @@ import stat
 import sys
 import threading
 import time
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from cni import entry, plugins, skel
 
@@ -79,8 +79,15 @@ def read_request(sock: socket.socket, limit: int | None = None) -> bytes:
             raise BadRequest(skel.IO_FAILURE, f"request larger than {limit} bytes")
 
 
-def decode_request(line: bytes) -> tuple[str, dict[str, str], bytes]:
-    """(plugin type, env, stdin) from a request line; BadRequest with a CNI code otherwise."""
+class Request(NamedTuple):
+    plugin: str
+    env: dict[str, str]
+    stdin: bytes
+    netns: str | None = None  # the caller's network namespace (cni.entry.netns_id), if sent
+
+
+def decode_request(line: bytes) -> Request:
+    """A request line, validated; BadRequest with a CNI code otherwise."""
     try:
         obj = json.loads(line)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -101,7 +108,8 @@ def decode_request(line: bytes) -> tuple[str, dict[str, str], bytes]:
             raise BadRequest(skel.DECODE_FAILURE, f"daemon request stdin_b64: {exc}") from exc
     else:
         raise BadRequest(skel.DECODE_FAILURE, "daemon request has neither stdin nor stdin_b64")
-    return plugin, env, stdin
+    netns = obj.get("netns")
+    return Request(plugin, env, stdin, netns if isinstance(netns, str) else None)
 
 
 def run_request(plugin: str, env: dict[str, str], stdin: bytes) -> tuple[int, bytes]:
@@ -183,6 +191,7 @@ class Daemon:
         self._thread: threading.Thread | None = None
         self._handlers: _Handlers | None = None
         self._home_netns: tuple[int, int] | None = None
+        self._netns_id: str | None = None
 
     def log(self, message: str) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -211,6 +220,7 @@ class Daemon:
         # Created here, in the process that serves: threads do not survive fork().
         self._handlers = _Handlers(self._run_connection, MAX_THREADS)
         self._home_netns = _thread_netns()
+        self._netns_id = entry.netns_id()
         self._thread = threading.Thread(target=self._server.serve_forever, name="cni-daemon-accept",
                                         kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
@@ -329,7 +339,7 @@ class Daemon:
             line = read_request(sock)
             if not line:
                 return  # a probe
-            plugin, env, stdin = decode_request(line)
+            req = decode_request(line)
         except BadRequest as exc:
             self.log(f"bad request: {exc}")
             _reply(sock, 1, entry.error_output(exc.code, str(exc)))
@@ -337,12 +347,19 @@ class Daemon:
         except OSError as exc:  # includes the read timeout: the client is gone or stalled
             self.log(f"dropped a request: {exc}")
             return
-        code, out = run_request(plugin, env, stdin)
+        if req.netns is not None and req.netns != self._netns_id:
+            # The caller's "host" namespace is not ours: running the request here would set up
+            # the pod against the wrong host (bridge, NAT rules).  The executable runs it itself.
+            self.log(f"refused {req.plugin} {req.env.get('CNI_COMMAND', '?')} from netns {req.netns}"
+                     f" (serving {self._netns_id})")
+            _reply(sock, entry.REFUSED, b"")
+            return
+        code, out = run_request(req.plugin, req.env, req.stdin)
         _reply(sock, code, out)
         with self._idle:
             self.served += 1
         if self.log_requests:
-            self._log_request(plugin, env, code, started)
+            self._log_request(req.plugin, req.env, code, started)
 
     def _log_request(self, plugin: str, env: dict[str, Any], code: int, started: float) -> None:
         ms = (time.perf_counter() - started) * 1000

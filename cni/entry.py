@@ -12,9 +12,12 @@ nothing at module level beyond what `python -IS` has already loaded (posix, sys)
   byte-identical results and errors.
 
 Wire protocol (one request per connection, both directions one ASCII JSON line):
-request `{"plugin": <type>, "env": {...}, "stdin": <str>}` (or `"stdin_b64"`); reply
-`{"code": <exit code>, "stdout": <str>}`.  Bytes travel as str decoded with `surrogateescape`
-and JSON-escaped with \\u sequences, so any stdin/stdout bytes round-trip exactly.
+request `{"plugin": <type>, "env": {...}, "stdin": <str>, "netns": "<dev>:<ino>"}` (or
+`"stdin_b64"`); reply `{"code": <exit code>, "stdout": <str>}`.  Bytes travel as str decoded
+with `surrogateescape` and JSON-escaped with \\u sequences, so any stdin/stdout bytes round-trip
+exactly.  `netns` identifies the caller's network namespace: an exec'd plugin works in the
+namespace it was started in, so a daemon living in another one refuses the request (code -1,
+nothing run) and the executable runs it itself, rather than configuring the wrong host.
 """
 
 # No `from __future__ import annotations` and no `os`: importing them costs ~0.2 ms and ~1.1 ms
@@ -31,6 +34,7 @@ MAX_REPLY = 64 << 20
 _REPLY_HEAD = '{"code":'
 _REPLY_STDOUT = ',"stdout":"'
 
+REFUSED = -1  # reply code: "not my network namespace", nothing was run
 # CNI error codes used on this path (cni.skel holds the full table; not imported here).
 _TRY_AGAIN = 11
 _INTERNAL = 999
@@ -82,13 +86,24 @@ def error_output(code: int, msg: str, stdin: bytes = b"", details: str = "") -> 
 
 
 # --------------------------------------------------------------- wire format
-def encode_request(plugin_type: str, env: dict[str, str], stdin: bytes) -> bytes:
+def netns_id(path: str = "/proc/thread-self/ns/net") -> str | None:
+    """A network namespace's identity, "<dev>:<inode>" of its nsfs file (posix.stat: no os)."""
+    try:
+        st = posix.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def encode_request(plugin_type: str, env: dict[str, str], stdin: bytes,
+                   netns: str | None = None) -> bytes:
     """The request line, built with the C string escaper (no `json` import on this path)."""
     from _json import encode_basestring_ascii as quote
 
     pairs = ",".join(f"{quote(k)}:{quote(v)}" for k, v in env.items())
     text = quote(stdin.decode("utf-8", "surrogateescape"))
-    return f'{{"plugin":{quote(plugin_type)},"env":{{{pairs}}},"stdin":{text}}}\n'.encode("ascii")
+    where = f',"netns":{quote(netns)}' if netns else ""
+    return f'{{"plugin":{quote(plugin_type)},"env":{{{pairs}}},"stdin":{text}{where}}}\n'.encode("ascii")
 
 
 def encode_reply(code: int, stdout: bytes) -> bytes:
@@ -150,7 +165,7 @@ def forward(plugin_type: str, env: dict[str, str], stdin: bytes, socket_path: st
             sock.settimeout(timeout)
             # A send that fails means the daemon closed before reading the whole line, so it
             # cannot have run the request.
-            sock.sendall(encode_request(plugin_type, env, stdin))
+            sock.sendall(encode_request(plugin_type, env, stdin, netns_id()))
         except OSError as exc:
             raise DaemonUnavailable(f"{socket_path}: {exc}") from exc
         chunks: list[bytes] = []
@@ -166,7 +181,10 @@ def forward(plugin_type: str, env: dict[str, str], stdin: bytes, socket_path: st
             if not chunk or size > MAX_REPLY:
                 raise DaemonLost(f"{socket_path}: connection closed (or reply too large) before a reply")
             chunks.append(chunk)
-        return decode_reply(b"".join(chunks))
+        code, out = decode_reply(b"".join(chunks))
+        if code == REFUSED:
+            raise DaemonUnavailable(f"{socket_path}: the daemon serves another network namespace")
+        return code, out
     finally:
         sock.close()
 

@@ -174,3 +174,20 @@ def test_daemon_gone_between_add_and_del_falls_back(node: Node, how: str) -> Non
     # The masquerade rules went too: nothing of this pod is left in the host's nat ruleset.
     ruleset = execs.run(["nft", "list", "ruleset"], netns=node.host.name).stdout
     assert att.container_id not in ruleset
+
+
+def test_a_caller_in_another_host_netns_is_never_served_by_this_daemon(node: Node) -> None:
+    node.start_daemon()
+    other = node.topo.add_host()  # a second simulated host pointed at the first host's daemon
+    rt = node.runtime("other", use_daemon=True)
+    att = cnirun.Attachment(container_id="pod-other", netns=node.topo.add_pod_netns("other"))
+    with netns.enter(other.path):
+        rt.add(att)
+    with Netlink.open(other.path) as nl:
+        assert nl.get_link("cni0") is not None  # set up where the caller lives...
+    with Netlink.open(node.host.path) as nl:
+        assert nl.get_link("cni0") is None  # ...not in the daemon's host
+    assert "refused bridge ADD" in node.log
+    with netns.enter(other.path):
+        rt.delete(att)
+    assert pod_links(att.netns) == ["lo"]

@@ -237,6 +237,17 @@ def test_a_thread_left_in_a_foreign_netns_ends_the_process(served, monkeypatch):
     assert wait_until(lambda: exits == [70], timeout=5)
 
 
+def test_a_request_from_another_netns_is_refused_and_run_by_the_caller(served, tmp_path, monkeypatch):
+    monkeypatch.setattr(entry, "netns_id", lambda *a: "0:12345")  # "the caller lives elsewhere"
+    env = {**env_for("ADD"), entry.SOCKET_ENV: served.socket_path}
+    with pytest.raises(entry.DaemonUnavailable, match="another network namespace"):
+        entry.forward("host-local", env, host_local(tmp_path / "d"), served.socket_path)
+    code, out = entry.serve("host-local", env, host_local(tmp_path / "l"))
+    assert code == 0 and json.loads(out)["ips"]
+    assert served.served == 0  # nothing ran in the daemon
+    assert (tmp_path / "l").exists() and not (tmp_path / "d").exists()
+
+
 # ------------------------------------------------------------------ lifecycle
 def test_socket_is_private_and_pid_file_names_us(served):
     assert stat.S_IMODE(os.stat(served.socket_path).st_mode) == 0o600

@@ -43,7 +43,9 @@ def test_request_round_trips_any_bytes(plugin, env, stdin):
     line = entry.encode_request(plugin, env, stdin)
     assert line.endswith(b"\n") and line.count(b"\n") == 1  # one line, ASCII only
     assert line.isascii()
-    assert daemon.decode_request(line) == (plugin, env, stdin)
+    assert daemon.decode_request(line) == (plugin, env, stdin, None)
+    with_netns = entry.encode_request(plugin, env, stdin, "4:4026531840")
+    assert daemon.decode_request(with_netns).netns == "4:4026531840"
 
 
 @settings(max_examples=200, deadline=None)
@@ -186,3 +188,9 @@ def test_unloadable_plugin_is_error_json_not_a_traceback(monkeypatch):
     code, out = entry.run_local("broken", ENV, b'{"cniVersion":"1.0.0","name":"n"}')
     err = json.loads(out)
     assert (code, err["code"], err["details"]) == (1, skel.INTERNAL, "ModuleNotFoundError")
+
+
+def test_netns_id_names_this_threads_namespace():
+    st = os.stat("/proc/thread-self/ns/net")
+    assert entry.netns_id() == f"{st.st_dev}:{st.st_ino}"
+    assert entry.netns_id("/nonexistent") is None
