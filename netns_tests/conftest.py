@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from podnet.testing.etcd import ETCD, EtcdProcess
 from podnet.testing.harness import Topology
 
 REFERENCE_CNI = "/usr/lib/cni"
@@ -50,3 +51,18 @@ def reference_cni() -> Path:
     if not os.path.exists(os.path.join(REFERENCE_CNI, "bridge")):
         pytest.skip("reference plugins missing: apt-get install containernetworking-plugins")
     return Path(REFERENCE_CNI)
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
+    """A fresh /usr/bin/etcd on free loopback ports (data in tmp_path), killed by PID at teardown.
+
+    Function-scoped so a test may kill/restart it; starting one takes ~1 s.
+    """
+    if not os.path.exists(ETCD):
+        pytest.skip("etcd missing: apt-get install etcd-server")
+    proc = EtcdProcess(str(tmp_path / "etcd"))
+    try:
+        yield proc.start()
+    finally:
+        proc.cleanup()

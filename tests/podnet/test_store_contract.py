@@ -92,7 +92,7 @@ class StoreContract:
     def test_list_sorted_paged_at_revision(self, store: Store) -> None:
         for name in ["c", "a", "b", "d"]:
             store.create(self.P + name, name.encode())
-        store.create("/other/x", b"")
+        store.create(self.P.rstrip("/") + "-other/x", b"")
         items, rev, more = store.list(self.P, limit=2)
         assert [kv.key for kv in items] == [self.P + "a", self.P + "b"] and more
         store.update(self.P + "c", b"changed", None)
@@ -127,7 +127,7 @@ class StoreContract:
     def test_watch_from_revision_with_prev_kv(self, store: Store) -> None:
         r1 = store.create(self.P + "a", b"1")
         r2 = store.update(self.P + "a", b"2", None)
-        store.create("/elsewhere", b"")
+        store.create(self.P.rstrip("/") + "x", b"")
         r3, _ = store.delete(self.P + "a")
         events = collect(store.watch(self.P, r1), 3)
         assert [(e.type, e.kv.mod_revision) for e in events] == [("PUT", r1), ("PUT", r2), ("DELETE", r3)]
