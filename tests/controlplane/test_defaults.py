@@ -9,6 +9,8 @@ import pytest
 from controlplane.apiserver.defaults import apply_defaults, image_pull_policy, qos_class
 from controlplane.apiserver.resources import Resource, by_kind
 
+Obj = dict[str, Any]
+
 
 def _res(group: str, kind: str) -> Resource:
     res = by_kind(group, kind)
@@ -78,7 +80,7 @@ def test_qos_burstable() -> None:
 
 
 def test_service_defaults() -> None:
-    svc = {"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}, {"port": 53, "protocol": "UDP",
+    svc: Obj = {"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}, {"port": 53, "protocol": "UDP",
                                                                          "targetPort": "dns"}]}}
     apply_defaults(_res("", "Service"), svc)
     spec = svc["spec"]
@@ -91,19 +93,19 @@ def test_service_defaults() -> None:
 
 
 def test_service_type_specific_defaults() -> None:
-    lb = {"spec": {"type": "LoadBalancer", "sessionAffinity": "ClientIP", "clusterIP": "fd00::10"}}
+    lb: Obj = {"spec": {"type": "LoadBalancer", "sessionAffinity": "ClientIP", "clusterIP": "fd00::10"}}
     apply_defaults(_res("", "Service"), lb)
     assert lb["spec"]["externalTrafficPolicy"] == "Cluster"
     assert lb["spec"]["allocateLoadBalancerNodePorts"] is True
     assert lb["spec"]["sessionAffinityConfig"] == {"clientIP": {"timeoutSeconds": 10800}}
     assert lb["spec"]["ipFamilies"] == ["IPv6"]
-    ext = {"spec": {"type": "ExternalName", "externalName": "example.com"}}
+    ext: Obj = {"spec": {"type": "ExternalName", "externalName": "example.com"}}
     apply_defaults(_res("", "Service"), ext)
     assert "ipFamilies" not in ext["spec"] and "internalTrafficPolicy" not in ext["spec"]
 
 
 def test_replication_controller_selector_and_labels_from_template() -> None:
-    rc = {"metadata": {"name": "rc"}, "spec": {"template": {
+    rc: Obj = {"metadata": {"name": "rc"}, "spec": {"template": {
         "metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{"name": "c", "image": "i:1"}]}}}}
     apply_defaults(_res("", "ReplicationController"), rc)
     assert rc["spec"]["selector"] == {"app": "x"} and rc["metadata"]["labels"] == {"app": "x"}
@@ -114,58 +116,60 @@ def test_replication_controller_selector_and_labels_from_template() -> None:
 
 
 def test_deployment_and_replicaset_defaults() -> None:
-    deploy = {"spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"spec": {"containers": []}}}}
+    template: Obj = {"spec": {"containers": []}}
+    deploy: Obj = {"spec": {"selector": {"matchLabels": {"a": "b"}}, "template": template}}
     apply_defaults(_res("apps", "Deployment"), deploy)
     spec = deploy["spec"]
     assert spec["replicas"] == 1 and spec["revisionHistoryLimit"] == 10
     assert spec["progressDeadlineSeconds"] == 600
     assert spec["strategy"] == {"type": "RollingUpdate",
                                 "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}
-    recreate = {"spec": {"strategy": {"type": "Recreate"}}}
+    recreate: Obj = {"spec": {"strategy": {"type": "Recreate"}}}
     apply_defaults(_res("apps", "Deployment"), recreate)
     assert recreate["spec"]["strategy"] == {"type": "Recreate"}
-    rs = {"spec": {"replicas": 0}}
+    rs: Obj = {"spec": {"replicas": 0}}
     apply_defaults(_res("apps", "ReplicaSet"), rs)
     assert rs["spec"]["replicas"] == 0
 
 
 def test_network_policy_policy_types() -> None:
-    ingress_only = {"spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 80}]}]}}
+    ingress_only: Obj = {"spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 80}]}]}}
     apply_defaults(_res("networking.k8s.io", "NetworkPolicy"), ingress_only)
     assert ingress_only["spec"]["policyTypes"] == ["Ingress"]
     assert ingress_only["spec"]["ingress"][0]["ports"] == [{"port": 80, "protocol": "TCP"}]
-    both = {"spec": {"egress": [{}]}}
+    both: Obj = {"spec": {"egress": [{}]}}
     apply_defaults(_res("networking.k8s.io", "NetworkPolicy"), both)
     assert both["spec"]["policyTypes"] == ["Ingress", "Egress"] and both["spec"]["podSelector"] == {}
-    explicit = {"spec": {"podSelector": {}, "policyTypes": ["Egress"]}}
+    explicit: Obj = {"spec": {"podSelector": {}, "policyTypes": ["Egress"]}}
     apply_defaults(_res("networking.k8s.io", "NetworkPolicy"), explicit)
     assert explicit["spec"]["policyTypes"] == ["Egress"]
 
 
 def test_namespace_defaults() -> None:
-    ns: dict[str, Any] = {"metadata": {"name": "team", "labels": {"kubernetes.io/metadata.name": "other"}}}
+    ns: Obj = {"metadata": {"name": "team", "labels": {"kubernetes.io/metadata.name": "other"}}}
     apply_defaults(_res("", "Namespace"), ns)
     assert ns["spec"] == {"finalizers": ["kubernetes"]} and ns["status"] == {"phase": "Active"}
     assert ns["metadata"]["labels"] == {"kubernetes.io/metadata.name": "team"}
-    terminating = {"metadata": {"name": "t"}, "spec": {"finalizers": []}, "status": {"phase": "Terminating"}}
+    terminating: Obj = {"metadata": {"name": "t"}, "spec": {"finalizers": []},
+                        "status": {"phase": "Terminating"}}
     apply_defaults(_res("", "Namespace"), terminating)
     assert terminating["spec"]["finalizers"] == [] and terminating["status"]["phase"] == "Terminating"
 
 
 def test_small_kinds() -> None:
-    secret: dict[str, Any] = {"metadata": {"name": "s"}}
+    secret: Obj = {"metadata": {"name": "s"}}
     apply_defaults(_res("", "Secret"), secret)
     assert secret["type"] == "Opaque"
-    node = {"status": {"capacity": {"cpu": "2"}}}
+    node: Obj = {"status": {"capacity": {"cpu": "2"}}}
     apply_defaults(_res("", "Node"), node)
     assert node["status"]["allocatable"] == {"cpu": "2"}
-    eps = {"addressType": "IPv4", "ports": [{"port": 80}]}
+    eps: Obj = {"addressType": "IPv4", "ports": [{"port": 80}]}
     apply_defaults(_res("discovery.k8s.io", "EndpointSlice"), eps)
     assert eps["ports"] == [{"port": 80, "protocol": "TCP", "name": ""}]
-    rb = {"subjects": [{"kind": "User", "name": "u"}, {"kind": "ServiceAccount", "name": "sa"}]}
+    rb: Obj = {"subjects": [{"kind": "User", "name": "u"}, {"kind": "ServiceAccount", "name": "sa"}]}
     apply_defaults(_res("rbac.authorization.k8s.io", "RoleBinding"), rb)
     assert [s["apiGroup"] for s in rb["subjects"]] == ["rbac.authorization.k8s.io", ""]
-    cm: dict[str, Any] = {"data": {}}
+    cm: Obj = {"data": {}}
     apply_defaults(_res("", "ConfigMap"), cm)
     assert cm == {"data": {}}
 
