@@ -1,6 +1,9 @@
 """Capture the protobuf request bodies real kubectl sends (run by hand; the output is committed).
 
-    .venv/bin/python tests/controlplane/data/capture_protobuf.py [/path/to/kubectl.1.32]
+    .venv/bin/python tests/controlplane/data/capture_protobuf.py [KUBECTL [KUBECTL_JSON [OUT_DIR]]]
+
+(committed: kubectl 1.32.5 -> protobuf/, JSON from kubectl 1.31.9; kubectl 1.33.1 was checked to
+send byte-identical bodies for every command below.)
 
 A stdlib HTTP server on 127.0.0.1 serves just enough discovery for kubectl's typed commands,
 records every POST body kubectl sends as `application/vnd.kubernetes.protobuf`, and answers 201 with
@@ -20,7 +23,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-OUT = Path(__file__).parent / "protobuf"
+OUT = Path(sys.argv[3]) if len(sys.argv) > 3 else Path(__file__).parent / "protobuf"
 KUBECTL = sys.argv[1] if len(sys.argv) > 1 else "/usr/lib/google-cloud-sdk/bin/kubectl.1.32"
 # kubectl 1.31 sends the same objects as JSON: the reference the decoded protobuf must equal.
 KUBECTL_JSON = sys.argv[2] if len(sys.argv) > 2 else "/usr/lib/google-cloud-sdk/bin/kubectl.1.31"
