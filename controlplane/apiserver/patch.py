@@ -490,7 +490,7 @@ def server_side_apply(
     else:
         entries = copy.deepcopy((existing.get("metadata") or {}).get("managedFields") or [])
         others = _other_owners(entries, field_manager)
-        _check_conflicts(existing, intent, owned, others, force)
+        _check_conflicts(existing, intent, owned, entries, field_manager, force)
         previous = _owned_paths(entries, field_manager, "Apply")
         result = _merge_map(copy.deepcopy(existing), intent, schema)
         still_owned = set().union(*others.values()) if others else set()
@@ -581,17 +581,33 @@ def _other_owners(entries: list[dict[str, Any]], manager: str) -> dict[str, set[
 
 def _check_conflicts(
     live: dict[str, Any], intent: dict[str, Any], owned: set[Path],
-    others: dict[str, set[Path]], force: bool,
+    entries: list[dict[str, Any]], field_manager: str, force: bool,
 ) -> None:
-    conflicts = []
-    for manager, paths in sorted(others.items()):
-        for path in sorted(owned & paths):
+    found: dict[tuple[str, str], list[str]] = {}
+    for entry in entries:
+        manager = str(entry.get("manager", ""))
+        if manager == field_manager and entry.get("operation") == "Apply":
+            continue
+        for path in sorted(owned & _from_fields_v1(entry.get("fieldsV1") or {})):
             if path[-1] != "." and not _json_equal(_value_at(live, path), _value_at(intent, path)):
-                conflicts.append((manager, _describe(path)))
-    if conflicts and not force:
-        listing = "\n".join(f'- conflict with "{m}": {p}' for m, p in conflicts)
-        count = "1 conflict" if len(conflicts) == 1 else f"{len(conflicts)} conflicts"
-        raise ApplyConflict(f"Apply failed with {count}:\n{listing}", conflicts)
+                found.setdefault((manager, str(entry.get("apiVersion", ""))), []).append(_describe(path))
+    if found and not force:
+        raise ApplyConflict(_conflict_message(found),
+                            [(manager, path) for (manager, _), paths in found.items() for path in paths])
+
+
+def _conflict_message(found: dict[tuple[str, str], list[str]]) -> str:
+    # structured-merge-diff's wording, as kubectl prints it after "Error from server (Conflict): ".
+    total = sum(len(paths) for paths in found.values())
+    parts = []
+    for (manager, api_version), paths in found.items():
+        if len(paths) == 1:
+            parts.append(f'conflict with "{manager}" using {api_version}: {paths[0]}')
+        else:
+            listing = "".join(f"\n- {path}" for path in paths)
+            parts.append(f'conflicts with "{manager}" using {api_version}:{listing}')
+    count = "1 conflict" if total == 1 else f"{total} conflicts"
+    return f"Apply failed with {count}: " + "\n".join(parts)
 
 
 _MISSING = object()

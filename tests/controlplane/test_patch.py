@@ -334,7 +334,13 @@ def test_apply_conflicts_between_managers_and_force() -> None:
         server_side_apply(live, bob, "ConfigMap", "bob")
     assert info.value.code == 409
     assert info.value.conflicts == [("alice", ".data.a")]
-    assert 'conflict with "alice"' in str(info.value)
+    assert str(info.value) == 'Apply failed with 1 conflict: conflict with "alice" using v1: .data.a'
+    both = copy.deepcopy(CM)
+    both["data"] = {"a": "x", "b": "y"}
+    with pytest.raises(ApplyConflict) as info:
+        server_side_apply(live, both, "ConfigMap", "bob")
+    assert str(info.value) == ('Apply failed with 2 conflicts: conflicts with "alice" using v1:\n'
+                               "- .data.a\n- .data.b")
     agreeing = copy.deepcopy(CM)
     agreeing["data"] = {"a": "1"}
     shared = server_side_apply(live, agreeing, "ConfigMap", "bob")  # same value: shared ownership
