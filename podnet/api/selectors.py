@@ -348,14 +348,17 @@ class FieldSelector:
         return ",".join(f"{field}{op}{_escape(value)}" for field, op, value in self.requirements)
 
 
-# Fields whose upstream field-set value is not "" when unset (pods: strconv.FormatBool(hostNetwork)).
-_UNSET_DEFAULTS = {"spec.hostNetwork": "false"}
+# Fields whose upstream field-set value is not "" when unset: the registries format Go zero values
+# (pods: strconv.FormatBool(spec.hostNetwork); nodes: spec.unschedulable; rc/rs: strconv.Itoa(replicas)).
+_UNSET_DEFAULTS = {"spec.hostNetwork": "false", "spec.unschedulable": "false", "status.replicas": "0"}
+# Selectable fields that are not the object's JSON path (events: "source" is Source.Component).
+_FIELD_PATHS = {"source": "source.component"}
 
 
 def field_value(obj: Mapping[str, Any], path: str) -> str:
     """The string form upstream puts in an object's fields.Set for `path` ("" when unset)."""
     current: Any = obj
-    for part in path.split("."):
+    for part in _FIELD_PATHS.get(path, path).split("."):
         if not isinstance(current, Mapping) or part not in current:
             return _UNSET_DEFAULTS.get(path, "")
         current = current[part]

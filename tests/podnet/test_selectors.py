@@ -167,6 +167,15 @@ def test_field_selector_unset_field_is_empty_string() -> None:
     assert not parse_field_selector("spec.nodeName!=", POD_FIELDS).matches(pending)
 
 
+def test_field_selector_upstream_field_set_quirks() -> None:
+    event = {"source": {"component": "kubelet", "host": "n1"}, "type": "Normal"}
+    assert parse_field_selector("source=kubelet,type=Normal", {"source", "type"}).matches(event)
+    assert parse_field_selector("status.replicas=0", {"status.replicas"}).matches({"status": {}})
+    assert parse_field_selector("spec.unschedulable=true", {"spec.unschedulable"}).matches(
+        {"spec": {"unschedulable": True}})
+    assert parse_field_selector("spec.unschedulable!=true", {"spec.unschedulable"}).matches({"spec": {}})
+
+
 def test_field_selector_values_and_escapes() -> None:
     selector = parse_field_selector(r"metadata.name=a\,b\=c", POD_FIELDS)
     assert selector.requirements == (("metadata.name", "=", "a,b=c"),)
