@@ -5,13 +5,18 @@ warm process pays it once.  The installed executables forward each request here 
 socket (`cni.entry.forward`) and fall back to running in-process when the daemon is absent.
 
 Every request is served by `cni.entry.run_local`, the same function the in-process path runs, in
-a thread of its own: the network namespace is per thread (`podnet.netns.enter` uses setns on the
-calling thread), so pods are served concurrently without touching each other's namespace.
+a thread of its own while it runs: the network namespace is per thread (`podnet.netns.enter` uses
+setns on the calling thread), so pods are served concurrently without touching each other's
+namespace.  Threads are reused (`_Handlers`) and checked to be back home after each request.
+`--workers N` forks N copies after the warm-up, all accepting on the one socket (`WorkerPool`).
+A request from another network namespace than the daemon's is refused: the executable then runs
+it itself, where it was started (see `cni.entry`).
 
-Wire protocol: see `cni.entry`.  The daemon also accepts `"stdin_b64"` instead of `"stdin"`.
-Lifecycle: the socket is created 0600 (root's runtime is the only legitimate client), the PID
-file `<socket>.pid` is flock'ed for the daemon's life (a second daemon refuses to start), and
-SIGTERM/SIGINT stop accepting, let in-flight requests finish (bounded) and remove both files.
+Wire protocol: see `cni.entry`.  The daemon also accepts `"stdin_b64"` instead of `"stdin"`; a
+connection closed without a byte is a liveness probe.  Lifecycle: the socket is created 0600
+(root's runtime is the only legitimate client), the PID file `<socket>.pid` is flock'ed for the
+daemon's life (a second daemon refuses to start), and SIGTERM/SIGINT stop accepting, let
+in-flight requests finish (bounded) and remove both files.
 """
 
 from __future__ import annotations
