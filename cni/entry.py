@@ -1,6 +1,6 @@
 """What every installed plugin executable runs: `main("<type>")` under `python -IS`.
 
-Every exec pays the interpreter start (~10 ms) plus whatever it imports, so this module imports
+Every exec pays the interpreter start (~8-10 ms) plus whatever it imports, so this module imports
 nothing at module level beyond what `python -IS` has already loaded (posix, sys):
 
 * VERSION is answered here from the plugin table, without importing the plugin.
