@@ -355,3 +355,16 @@ def test_apply_conflicts_between_managers_and_force() -> None:
 def test_apply_rejects_non_object() -> None:
     with pytest.raises(PatchError):
         server_side_apply(None, "x", "ConfigMap", "m")
+
+
+_no_lists = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=3),
+    lambda inner: st.dictionaries(st.text(alphabet="abc", max_size=2), inner, max_size=3),
+    max_leaves=12,
+)
+_maps = st.dictionaries(st.text(alphabet="abc", max_size=2), _no_lists, max_size=4)
+
+
+@given(_maps, _maps)
+def test_strategic_without_lists_or_directives_equals_merge_patch(obj: dict, patch: dict) -> None:
+    assert strategic_merge_patch(obj, patch, "ConfigMap") == merge_patch(obj, patch)
