@@ -18,6 +18,7 @@ import binascii
 import copy
 import inspect
 import json
+import logging
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,8 +35,11 @@ from podnet.store.base import (
     KeyValue,
     NotFound,
     Store,
+    StoreError,
     StoreUnavailable,
 )
+
+log = logging.getLogger(__name__)
 
 JsonObj = dict[str, Any]
 T = TypeVar("T")
@@ -50,6 +54,8 @@ _NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 GENERATE_ATTEMPTS = 8
 UPDATE_ATTEMPTS = 32
 DEFAULT_POD_GRACE = 30
+# kube-apiserver --etcd-compaction-interval default: history older than one interval is dropped
+COMPACTION_INTERVAL = 300.0
 CONTINUE_EXPIRED = (
     "The provided continue parameter is too old to display a consistent list result. You can start "
     "a new list without the continue parameter, or use the continue token in this response to "
@@ -128,13 +134,16 @@ def decode_continue(token: str) -> tuple[int, str]:
 
 class Registry:
     def __init__(self, store: Store, *, prefix: str = "/registry", admit: Hook | None = None,
-                 on_delete: Hook | None = None, cache_capacity: int = 10_000) -> None:
+                 on_delete: Hook | None = None, cache_capacity: int = 10_000,
+                 compaction_interval: float = COMPACTION_INTERVAL) -> None:
         self.store = store
         self.prefix = prefix.rstrip("/")
         self.admit = admit
         self.on_delete = on_delete
         self.cache_capacity = cache_capacity
         self.caches: dict[str, WatchCache] = {}
+        self.compaction_interval = compaction_interval
+        self._compactor: asyncio.Task[None] | None = None
 
     # -- keys and store calls ---------------------------------------------------------------
     def resource_prefix(self, res: Resource) -> str:
@@ -177,6 +186,24 @@ class Registry:
         for cache in self.caches.values():
             if not await cache.wait_synced(sync_timeout):
                 raise errors.service_unavailable(f"watch cache {cache.prefix} not synced")
+        if self.compaction_interval > 0 and self._compactor is None:
+            self._compactor = asyncio.create_task(self._compact_periodically())
+
+    async def _compact_periodically(self) -> None:
+        """Compact etcd to the revision seen one interval ago (upstream storage/etcd3/compact.go), so
+        clients keep at least one interval of history to resume watches from."""
+        previous = compacted = 0
+        while True:
+            await asyncio.sleep(self.compaction_interval)
+            try:
+                current = await self._store(self.store.current_revision)
+                if previous > compacted:
+                    await self._store(self.store.compact, previous)
+                    compacted = previous
+                previous = current
+            except (errors.ApiError, StoreError) as err:
+                # Compacted: another API server got there first; unavailable: next round
+                log.info("compaction to %d skipped: %s", previous, err)
 
     async def _ensure_namespace(self, name: str) -> None:
         ns_res = self._namespaces()
@@ -190,6 +217,9 @@ class Registry:
                 raise
 
     async def stop(self) -> None:
+        if self._compactor is not None:
+            self._compactor.cancel()
+            self._compactor = None
         for cache in self.caches.values():
             await cache.stop()
 

@@ -422,3 +422,19 @@ def test_watch_selector_transitions() -> None:
             await replay.aclose()
 
     run(body)
+
+
+def test_periodic_compaction_keeps_one_interval_of_history() -> None:
+    async def body() -> None:
+        async with started(compaction_interval=0.05) as reg:
+            old = await reg.create(CM, "default", {"metadata": {"name": "a"}})
+            await reg.update(CM, "default", "a", {"metadata": {"name": "a"}, "data": {"v": "2"}})
+            store = reg.store
+            assert isinstance(store, MemoryStore)
+            for _ in range(200):
+                if store._compacted >= int(old["metadata"]["resourceVersion"]):
+                    break
+                await asyncio.sleep(0.01)
+            assert store._compacted >= int(old["metadata"]["resourceVersion"])
+
+    run(body)
