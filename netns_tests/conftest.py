@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from netns_tests.apiserver_fixtures import ApiServerProcess
 from podnet.testing.etcd import ETCD, EtcdProcess
 from podnet.testing.harness import Topology
 
@@ -66,3 +67,31 @@ def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
         yield proc.start()
     finally:
         proc.cleanup()
+
+
+@pytest.fixture
+def apiserver(etcd: EtcdProcess, tmp_path: Path) -> Iterator[ApiServerProcess]:
+    """A real podnet-apiserver (HTTPS, generated CA, token file) on a fresh etcd; killed by PID at
+    teardown.  `.url`, `.token` (system:masters), `.nobody_token`, `.ca_file`, `.kubeconfig()`,
+    `.request()`, `.kill()`/`.restart()`; `.etcd` is the etcd fixture."""
+    server = ApiServerProcess(etcd, tmp_path / "apiserver")
+    try:
+        yield server.start()
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def shared_apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServerProcess]:
+    """One etcd + podnet-apiserver for a whole module (read-mostly scenarios: kubectl runs)."""
+    if not os.path.exists(ETCD):
+        pytest.skip("etcd missing: apt-get install etcd-server")
+    base = tmp_path_factory.mktemp("shared-apiserver")
+    etcd_proc = EtcdProcess(str(base / "etcd"))
+    server = ApiServerProcess(etcd_proc, base / "apiserver")
+    try:
+        etcd_proc.start()
+        yield server.start()
+    finally:
+        server.cleanup()
+        etcd_proc.cleanup()

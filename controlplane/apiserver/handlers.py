@@ -1,0 +1,319 @@
+"""Resource request handlers: list/watch/create/deletecollection on collections, get/update/patch/
+delete on items, and the status/scale/binding subresources.
+
+Every handler turns a routed request into Registry calls and answers JSON (or a server-side Table when
+kubectl asks for one).  Errors are raised as ApiError and rendered as Status by the server middleware.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from controlplane.apiserver import errors, negotiation, routing, subresources, watch_http
+from controlplane.apiserver.negotiation import parse_bool, parse_int
+from controlplane.apiserver.resources import Resource
+from controlplane.apiserver.routing import Target
+from podnet.api import selectors
+
+JsonObj = dict[str, Any]
+
+# Kinds whose DELETE answers the object itself; upstream answers the others with a Status Success
+# (generic registry Store.ReturnDeletedObject is set for these).
+RETURNS_DELETED_OBJECT = frozenset({"pods", "services", "namespaces"})
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(data, separators=(",", ":")), status=status,
+                        content_type="application/json")
+
+
+class ResourceHandlers:
+    """The resource routes over one Registry (object semantics) and the tables module (output)."""
+
+    def __init__(self, registry: Any, bookmark_interval: float = watch_http.BOOKMARK_INTERVAL) -> None:
+        self.registry = registry
+        self.bookmark_interval = bookmark_interval
+
+    async def handle(self, request: web.Request, target: Target) -> web.StreamResponse:
+        """Dispatch a routed resource request by method, collection/item and subresource."""
+        method = request.method.upper()
+        if target.subresource:
+            return await self._subresource(request, target, method)
+        if target.is_collection:
+            if method in ("GET", "HEAD"):
+                return await self.list_or_watch(request, target)
+            if method == "POST":
+                return await self.create(request, target)
+            if method == "DELETE":
+                return await self.delete_collection(request, target)
+        else:
+            if method in ("GET", "HEAD"):
+                return await self.get(request, target)
+            if method == "PUT":
+                return await self.update(request, target)
+            if method == "PATCH":
+                return await self.patch(request, target)
+            if method == "DELETE":
+                return await self.delete(request, target)
+        raise errors.method_not_allowed(method)
+
+    async def _subresource(self, request: web.Request, t: Target, method: str) -> web.StreamResponse:
+        sub = t.subresource
+        if not t.name:
+            raise errors.not_found_path()
+        if sub == "status":
+            if method == "GET":
+                return await self.get(request, t)
+            if method == "PUT":
+                return await self.update(request, t)
+            if method == "PATCH":
+                return await self.patch(request, t)
+        elif sub == "scale":
+            return await subresources.scale(self, request, t, method)
+        elif sub == "binding" and method == "POST":
+            return await subresources.binding(self, request, t)
+        raise errors.method_not_allowed(method, f"{t.resource.plural}/{sub}")
+
+    # ------------------------------------------------------------------------------------ reads
+
+    async def get(self, request: web.Request, t: Target) -> web.Response:
+        obj = await self.registry.get(t.resource, t.namespace, t.name)
+        return self.render(request, t.resource, obj)
+
+    async def list_or_watch(self, request: web.Request, t: Target) -> web.StreamResponse:
+        q = request.query
+        label_sel, field_sel = self.selectors(request, t.resource)
+        if parse_bool(q.get("watch")):
+            return await self.watch(request, t, label_sel, field_sel)
+        result = await self.registry.list(
+            t.resource, t.namespace, label_selector=label_sel, field_selector=field_sel,
+            limit=parse_int("limit", q.get("limit")) or 0, continue_token=q.get("continue") or None,
+            resource_version=q.get("resourceVersion") or None,
+        )
+        return self.render_list(request, t.resource, result)
+
+    async def watch(self, request: web.Request, t: Target, label_sel: Any, field_sel: Any
+                    ) -> web.StreamResponse:
+        q = request.query
+        rv = q.get("resourceVersion", "")
+        transform: Callable[[JsonObj], JsonObj] | None = None
+        if negotiation.wants_table(request.headers.get("Accept")):
+            transform = self._table_event_transform(request, t.resource)
+        try:
+            events = self.registry.watch(t.resource, t.namespace, resource_version=rv,
+                                         label_selector=label_sel, field_selector=field_sel)
+        except errors.ApiError as e:
+            # a too-old resourceVersion: upstream answers 200 and one ERROR event (reference B3)
+            if e.code != 410:
+                raise
+            events = _single_error(e)
+        timeout = parse_int("timeoutSeconds", q.get("timeoutSeconds"))
+        return await watch_http.serve_watch(
+            request, t.resource, events, timeout=float(timeout) if timeout else None,
+            bookmarks=parse_bool(q.get("allowWatchBookmarks")), start_rv=rv, transform=transform,
+            bookmark_interval=self.bookmark_interval,
+        )
+
+    def _table_event_transform(self, request: web.Request, res: Resource) -> Callable[[JsonObj], JsonObj]:
+        from controlplane.apiserver import tables
+
+        include = request.query.get("includeObject") or "Metadata"
+        if include not in ("None", "Metadata", "Object"):
+            raise errors.bad_request(f"includeObject: unsupported value {include!r}")
+        first = [True]
+
+        def transform(event: JsonObj) -> JsonObj:
+            if event.get("type") in ("ERROR", "BOOKMARK"):
+                return event
+            obj = event["object"]
+            rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+            # upstream sends the column definitions with the first event only
+            table = tables.to_table(res, [obj], include, resource_version=rv, include_headers=first[0])
+            first[0] = False
+            return {"type": event["type"], "object": table}
+
+        return transform
+
+    def selectors(self, request: web.Request, res: Resource) -> tuple[Any, Any]:
+        """Parsed labelSelector and fieldSelector (None when absent); 400 BadRequest when malformed."""
+        q = request.query
+        try:
+            label = selectors.parse_label_selector(q["labelSelector"]) if q.get("labelSelector") else None
+            field = (selectors.parse_field_selector(q["fieldSelector"], res.field_selectors)
+                     if q.get("fieldSelector") else None)
+        except selectors.SelectorError as e:
+            raise errors.bad_request(str(e)) from None
+        return label, field
+
+    # ------------------------------------------------------------------------------------ writes
+
+    async def create(self, request: web.Request, t: Target) -> web.Response:
+        body = negotiation.require_object(await read_body(request))
+        if t.resource.plural == "selfsubjectaccessreviews":
+            return await subresources.self_subject_access_review(request, body)
+        obj = with_type_meta(t.resource, body)
+        created = await self.registry.create(t.resource, t.namespace, obj, dry_run=dry_run(request))
+        return json_response(created, status=201)
+
+    async def update(self, request: web.Request, t: Target) -> web.Response:
+        body = negotiation.require_object(await read_body(request))
+        obj = with_type_meta(t.resource, body)
+        check_name(obj, t.name)
+        updated = await self.registry.update(t.resource, t.namespace, t.name, obj,
+                                             subresource=t.subresource or None, dry_run=dry_run(request))
+        return json_response(updated)
+
+    async def patch(self, request: web.Request, t: Target) -> web.Response:
+        from controlplane.apiserver import patching  # keeps patch algorithms off the import path of reads
+
+        return await patching.patch(self, request, t)
+
+    async def delete(self, request: web.Request, t: Target) -> web.Response:
+        opts = delete_options(request, await read_optional_body(request))
+        obj, deleted_now = await self.registry.delete(
+            t.resource, t.namespace, t.name, grace_period_seconds=opts.get("gracePeriodSeconds"),
+            propagation_policy=opts.get("propagationPolicy"), preconditions=opts.get("preconditions"),
+            dry_run=opts["dryRun"],
+        )
+        if deleted_now and t.resource.plural not in RETURNS_DELETED_OBJECT:
+            meta = obj.get("metadata") or {}
+            details = {"name": t.name, "kind": t.resource.plural, "uid": meta.get("uid", "")}
+            if t.resource.group:
+                details["group"] = t.resource.group
+            return json_response(errors.success_status(details))
+        return json_response(obj)
+
+    async def delete_collection(self, request: web.Request, t: Target) -> web.Response:
+        if not t.resource.has_verb("deletecollection"):
+            raise errors.method_not_allowed("DELETE", t.resource.plural)
+        opts = delete_options(request, await read_optional_body(request))
+        label_sel, field_sel = self.selectors(request, t.resource)
+        listed = await self.registry.list(t.resource, t.namespace, label_selector=label_sel,
+                                          field_selector=field_sel)
+        deleted = []
+        for item in listed.get("items", []):
+            meta = item.get("metadata") or {}
+            try:
+                obj, _ = await self.registry.delete(
+                    t.resource, meta.get("namespace", ""), meta["name"],
+                    grace_period_seconds=opts.get("gracePeriodSeconds"),
+                    propagation_policy=opts.get("propagationPolicy"), dry_run=opts["dryRun"])
+            except errors.ApiError as e:
+                if e.code == 404:  # deleted concurrently: upstream skips it as well
+                    continue
+                raise
+            deleted.append(obj)
+        return json_response({"kind": t.resource.list_kind, "apiVersion": t.resource.api_version,
+                              "metadata": {"resourceVersion": listed.get("metadata", {})
+                                           .get("resourceVersion", "")}, "items": deleted})
+
+    # ------------------------------------------------------------------------------------ output
+
+    def render(self, request: web.Request, res: Resource, obj: JsonObj) -> web.Response:
+        """One object as JSON, or as a one-row Table when the client asked for Tables."""
+        if negotiation.wants_table(request.headers.get("Accept")):
+            include = request.query.get("includeObject") or "Metadata"
+            meta = {"resourceVersion": (obj.get("metadata") or {}).get("resourceVersion", "")}
+            return json_response(_to_table(res, [obj], include, meta))
+        return json_response(obj)
+
+    def render_list(self, request: web.Request, res: Resource, result: JsonObj) -> web.Response:
+        if negotiation.wants_table(request.headers.get("Accept")):
+            include = request.query.get("includeObject") or "Metadata"
+            return json_response(_to_table(res, result.get("items", []), include,
+                                           result.get("metadata") or {}))
+        return json_response(result)
+
+
+def _to_table(res: Resource, objects: list[JsonObj], include: str, list_meta: JsonObj) -> JsonObj:
+    from controlplane.apiserver import tables
+
+    if include not in ("None", "Metadata", "Object"):
+        raise errors.bad_request(f"includeObject: unsupported value {include!r}")
+    remaining = list_meta.get("remainingItemCount")
+    return tables.to_table(res, objects, include,
+                           resource_version=str(list_meta.get("resourceVersion") or ""),
+                           continue_token=str(list_meta.get("continue") or ""),
+                           remaining_item_count=int(remaining) if remaining is not None else None)
+
+
+async def _single_error(err: errors.ApiError) -> Any:
+    raise err
+    yield  # pragma: no cover - makes this an async generator
+
+
+async def read_body(request: web.Request) -> Any:
+    """The decoded request body (JSON, YAML or protobuf by Content-Type)."""
+    raw = await request.read()
+    return negotiation.decode_body(request.headers.get("Content-Type"), raw)
+
+
+async def read_optional_body(request: web.Request) -> JsonObj:
+    """A body that may be absent (DELETE's DeleteOptions)."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    return negotiation.require_object(negotiation.decode_body(request.headers.get("Content-Type"), raw))
+
+
+def dry_run(request: web.Request) -> bool:
+    """`dryRun=All` (the only value upstream accepts); anything else is a 400."""
+    values = request.query.getall("dryRun", [])
+    for v in values:
+        if v != "All":
+            raise errors.bad_request(f'dryRun: Unsupported value: "{v}": supported values: "All"')
+    return bool(values)
+
+
+def delete_options(request: web.Request, body: JsonObj) -> JsonObj:
+    """DeleteOptions from the body (kubectl) merged with the query parameters (python client, curl)."""
+    q = request.query
+    opts: JsonObj = {"dryRun": bool(body.get("dryRun")) or dry_run(request)}
+    grace = body.get("gracePeriodSeconds")
+    if grace is None:
+        grace = parse_int("gracePeriodSeconds", q.get("gracePeriodSeconds"))
+    if grace is not None:
+        opts["gracePeriodSeconds"] = int(grace)
+    policy = body.get("propagationPolicy") or q.get("propagationPolicy")
+    if body.get("orphanDependents") is True or parse_bool(q.get("orphanDependents")):
+        policy = policy or "Orphan"
+    if policy is not None:
+        if policy not in ("Orphan", "Background", "Foreground"):
+            raise errors.bad_request(f'propagationPolicy: Unsupported value: "{policy}"')
+        opts["propagationPolicy"] = policy
+    if body.get("preconditions"):
+        opts["preconditions"] = body["preconditions"]
+    return opts
+
+
+def with_type_meta(res: Resource, body: JsonObj) -> JsonObj:
+    """The body with apiVersion/kind set; 400 when the body names another kind (upstream wording)."""
+    obj = copy.deepcopy(body)
+    api_version, kind = obj.get("apiVersion"), obj.get("kind")
+    if api_version and api_version != res.api_version:
+        raise errors.bad_request(f"the API version in the data ({api_version}) does not match the "
+                                 f"expected API version ({res.api_version})")
+    if kind and kind != res.kind:
+        raise errors.bad_request(f"the kind in the data ({kind}) does not match the expected kind "
+                                 f"({res.kind})")
+    obj["apiVersion"], obj["kind"] = res.api_version, res.kind
+    if not isinstance(obj.get("metadata"), dict):
+        obj["metadata"] = {}
+    return obj
+
+
+def check_name(obj: JsonObj, url_name: str) -> None:
+    """PUT bodies must name the object of the URL (upstream: 400 BadRequest)."""
+    name = obj["metadata"].get("name")
+    if name and name != url_name:
+        raise errors.bad_request(f"the name of the object ({name}) does not match the name on the URL "
+                                 f"({url_name})")
+    obj["metadata"]["name"] = url_name
+
+
+__all__ = ["ResourceHandlers", "json_response", "routing"]
