@@ -1,11 +1,12 @@
 r"""Decoder for the Kubernetes protobuf request bodies kubectl >= 1.32 sends.
 
 client-go's typed clients switched to protobuf (kubernetes#125314), so `kubectl create namespace|
-configmap|secret|service|deployment|serviceaccount|role|rolebinding|clusterrole|clusterrolebinding`
-and `kubectl auth can-i` POST `application/vnd.kubernetes.protobuf`, and kubectl does not retry as
-JSON after a 415 (reference proxy_apiserver.md 0.1, B5.6). The body is the magic `k8s\x00` followed
-by a runtime.Unknown message {1: TypeMeta{1: apiVersion, 2: kind}, 2: raw, 3: contentEncoding,
-4: contentType}; `raw` is the object in the proto2 schema of k8s.io/api generated.proto.
+configmap|secret|service|deployment|serviceaccount|role|rolebinding|clusterrole|clusterrolebinding`,
+`kubectl auth can-i [--list]` and `kubectl auth whoami` POST `application/vnd.kubernetes.protobuf`,
+and kubectl does not retry as JSON after a 415 (reference proxy_apiserver.md 0.1, B5.6). The body
+is the magic `k8s\x00` followed by a runtime.Unknown message {1: TypeMeta{1: apiVersion, 2: kind},
+2: raw, 3: contentEncoding, 4: contentType}; `raw` is the object in the proto2 schema of k8s.io/api
+generated.proto.
 
 Only the kinds above are modelled, by per-message field tables whose numbers come from the upstream
 generated.proto files (checked against bodies captured from kubectl 1.32, tests/controlplane/data/
@@ -105,8 +106,8 @@ def s(name: str, *, pointer: bool = False, always: bool = False) -> Field:
     return Field(name, "string", pointer=pointer, always=always)
 
 
-def strs(name: str) -> Field:
-    return Field(name, "string", repeated=True)
+def strs(name: str, *, always: bool = False) -> Field:
+    return Field(name, "string", repeated=True, always=always)
 
 
 def i(name: str, *, pointer: bool = False, always: bool = False) -> Field:
@@ -117,8 +118,8 @@ def b(name: str, *, pointer: bool = False, always: bool = False) -> Field:
     return Field(name, "bool", pointer=pointer, always=always)
 
 
-def m(name: str, message: Mapping[int, Field], *, repeated: bool = False) -> Field:
-    return Field(name, "message", message, repeated=repeated)
+def m(name: str, message: Mapping[int, Field], *, repeated: bool = False, always: bool = False) -> Field:
+    return Field(name, "message", message, repeated=repeated, always=always)
 
 
 def smap(name: str) -> Field:
@@ -232,8 +233,23 @@ SELF_SUBJECT_ACCESS_REVIEW: Message = {
     3: m("status", {1: b("allowed", always=True), 4: b("denied"), 2: s("reason"), 3: s("evaluationError")}),
 }
 
+SUBJECT_RULES_REVIEW_STATUS: Message = {
+    1: m("resourceRules", {1: strs("verbs", always=True), 2: strs("apiGroups"), 3: strs("resources"),
+                           4: strs("resourceNames")}, repeated=True, always=True),
+    2: m("nonResourceRules", {1: strs("verbs", always=True), 2: strs("nonResourceURLs")},
+         repeated=True, always=True),
+    3: b("incomplete", always=True), 4: s("evaluationError"),
+}
+SELF_SUBJECT_RULES_REVIEW: Message = {1: m("metadata", OBJECT_META), 2: m("spec", {1: s("namespace")}),
+                                      3: m("status", SUBJECT_RULES_REVIEW_STATUS)}
+
+# k8s.io/api/authentication/v1/generated.proto
+# userInfo.extra (4: map of ExtraValue lists) is output only: a request carrying it is refused.
+USER_INFO: Message = {1: s("username"), 2: s("uid"), 3: strs("groups")}
+SELF_SUBJECT_REVIEW: Message = {1: m("metadata", OBJECT_META), 2: m("status", {1: m("userInfo", USER_INFO)})}
+
 # k8s.io/api/rbac/v1/generated.proto
-POLICY_RULE: Message = {1: strs("verbs"), 2: strs("apiGroups"), 3: strs("resources"),
+POLICY_RULE: Message = {1: strs("verbs", always=True), 2: strs("apiGroups"), 3: strs("resources"),
                         4: strs("resourceNames"), 5: strs("nonResourceURLs")}
 ROLE: Message = {1: m("metadata", OBJECT_META), 2: m("rules", POLICY_RULE, repeated=True)}
 CLUSTER_ROLE: Message = {**ROLE, 3: m("aggregationRule", {1: m("clusterRoleSelectors", LABEL_SELECTOR,
@@ -253,6 +269,8 @@ KINDS: dict[tuple[str, str], Message] = {
     ("v1", "ServiceAccount"): SERVICE_ACCOUNT,
     ("apps/v1", "Deployment"): DEPLOYMENT,
     ("authorization.k8s.io/v1", "SelfSubjectAccessReview"): SELF_SUBJECT_ACCESS_REVIEW,
+    ("authorization.k8s.io/v1", "SelfSubjectRulesReview"): SELF_SUBJECT_RULES_REVIEW,
+    ("authentication.k8s.io/v1", "SelfSubjectReview"): SELF_SUBJECT_REVIEW,
     ("rbac.authorization.k8s.io/v1", "Role"): ROLE,
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): CLUSTER_ROLE,
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): ROLE_BINDING,
@@ -329,6 +347,9 @@ def decode_message(data: bytes, schema: Mapping[int, Field], where: str) -> dict
             out.setdefault(spec.name, []).extend(_repeated_values(spec, wire, value, path))
         else:
             out[spec.name] = _value(spec, wire, value, path)
+    for spec in schema.values():
+        if spec.repeated and spec.always and spec.name not in out:
+            out[spec.name] = None  # a nil slice without omitempty is JSON null
     return {name: v for name, v in out.items() if not _omitted(schema, name, v)}
 
 
