@@ -56,3 +56,55 @@ def test_document_for_path() -> None:
     assert openapi.document_for_path("apis/apps/v9") is None
     assert openapi.document_for_path("nonsense") is None
     assert openapi.document_for_path("api/v1/extra") is None
+
+
+def _decode(data: bytes) -> list[tuple[int, bytes]]:
+    """Length-delimited fields of one protobuf message (all the v2 document uses)."""
+    fields, pos = [], 0
+    while pos < len(data):
+        key, shift = 0, 0
+        while True:
+            byte = data[pos]
+            pos += 1
+            key |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        assert key & 7 == 2, "only length-delimited fields expected"
+        length, shift = 0, 0
+        while True:
+            byte = data[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        fields.append((key >> 3, data[pos:pos + length]))
+        pos += length
+    return fields
+
+
+def _field(data: bytes, number: int) -> bytes:
+    return next(value for n, value in _decode(data) if n == number)
+
+
+def test_openapi_v2_protobuf_has_patch_ops_with_gvk_and_field_validation() -> None:
+    doc = openapi.openapi_v2_protobuf()
+    assert _field(doc, 1) == b"2.0"
+    paths = _field(doc, 8)
+    found = {}
+    for number, named in _decode(paths):
+        assert number == 2  # Paths.path
+        name = _field(named, 1).decode()
+        operation = _field(_field(named, 2), 8)  # PathItem.patch
+        params = [_field(_field(_field(_field(p, 1), 2), 3), 4).decode()
+                  for n, p in _decode(operation) if n == 8]
+        assert "fieldValidation" in params
+        extension = _field(operation, 13)
+        assert _field(extension, 1) == b"x-kubernetes-group-version-kind"
+        found[name] = _field(_field(extension, 2), 2).decode()
+    assert found["/api/v1/namespaces/{namespace}/pods/{name}"] == 'group: ""\nkind: Pod\nversion: v1\n'
+    assert found["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"] == (
+        'group: "apps"\nkind: Deployment\nversion: v1\n')
+    assert "/api/v1/namespaces/{name}" in found
+    assert len(found) == sum(1 for r in resources.RESOURCES if "patch" in r.verbs)
