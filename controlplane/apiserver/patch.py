@@ -78,7 +78,7 @@ def _merge_patch_value(target: Any, patch: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # RFC 6902 JSON patch
 
-_INDEX_RE = re.compile(r"^(0|[1-9][0-9]*)$")
+_INDEX_RE = re.compile(r"^-?(0|[1-9][0-9]*)$")
 _MAX_JSON_PATCH_OPS = 10000  # upstream maxJSONPatchOperations
 
 
@@ -150,9 +150,10 @@ def _list_index(container: list[Any], part: str, path: list[str], *, allow_end: 
         raise PatchError(f"invalid array index {part!r} in {_render(path)}")
     index = int(part)
     limit = len(container) if allow_end else len(container) - 1
-    if index > limit:
+    # kube-apiserver applies JSON patches with SupportNegativeIndices: -1 is the last element.
+    if index > limit or index < -len(container):
         raise PatchError(f"array index {index} out of bounds in {_render(path)}")
-    return index
+    return index + len(container) if index < 0 else index
 
 
 def _parent(doc: Any, path: list[str], op: str) -> Any:

@@ -134,6 +134,14 @@ def test_json_patch_errors(ops: object, code: int) -> None:
     assert info.value.code == code
 
 
+def test_json_patch_negative_indices_like_kube_apiserver() -> None:
+    assert json_patch({"l": [1, 2, 3]}, [{"op": "remove", "path": "/l/-1"}]) == {"l": [1, 2]}
+    assert json_patch({"l": [1, 2, 3]}, [{"op": "replace", "path": "/l/-3", "value": 0}]) == {"l": [0, 2, 3]}
+    assert json_patch({"l": [1, 2]}, [{"op": "add", "path": "/l/-1", "value": 9}]) == {"l": [1, 9, 2]}
+    with pytest.raises(PatchError):
+        json_patch({"l": [1]}, [{"op": "remove", "path": "/l/-2"}])
+
+
 def test_json_patch_null_value_is_a_value() -> None:
     assert json_patch({}, [{"op": "add", "path": "/a", "value": None}]) == {"a": None}
 
