@@ -104,9 +104,7 @@ def _apply_operation(doc: Any, op: Any) -> Any:
     if name == "remove":
         return _remove(doc, path, name)
     if name == "replace":
-        value = copy.deepcopy(_operand(op))
-        _get(doc, path, name)  # must exist
-        return _add(_remove(doc, path, name), path, value) if path else value
+        return _replace(doc, path, copy.deepcopy(_operand(op)))
     if name in ("move", "copy"):
         source = _pointer(op, "from")
         if name == "move" and path[: len(source)] == source and len(path) > len(source):
@@ -185,6 +183,18 @@ def _add(doc: Any, path: list[str], value: Any) -> Any:
         parent.insert(_list_index(parent, path[-1], path, allow_end=True), value)
     else:
         raise PatchError(f"add operation does not apply: {_render(path[:-1])} is not a container")
+    return doc
+
+
+def _replace(doc: Any, path: list[str], value: Any) -> Any:
+    _get(doc, path, "replace")  # the target must exist
+    if not path:
+        return value
+    parent = _parent(doc, path, "replace")
+    if isinstance(parent, list):
+        parent[_list_index(parent, path[-1], path, allow_end=False)] = value
+    else:
+        parent[path[-1]] = value
     return doc
 
 
