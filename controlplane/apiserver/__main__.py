@@ -67,7 +67,8 @@ async def run(cfg: config.Config) -> None:
     await _start_registry(registry)
     address = f"{_advertised(cfg.bind_address)}:{cfg.secure_port or cfg.insecure_port}"
     app = server.build_app(registry, store, build_access(cfg, store), server_address=address)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    access_log = logging.getLogger("podnet.apiserver.access") if cfg.log_level == "debug" else None
+    runner = web.AppRunner(app, access_log=access_log, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     if cfg.secure_port:
         site = web.TCPSite(runner, cfg.bind_address, cfg.secure_port, ssl_context=ssl_context(cfg),

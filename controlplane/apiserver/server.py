@@ -151,6 +151,12 @@ async def openapi_root(request: web.Request) -> web.Response:
     return json_response(openapi.openapi_v3_root())
 
 
+async def openapi_v2(request: web.Request) -> web.Response:
+    # kubectl <= 1.31 validates `create -f`/`apply -f` against /openapi/v2 (protobuf only)
+    return web.Response(body=openapi.openapi_v2_protobuf(),
+                        headers={"Content-Type": openapi.OPENAPI_V2_CONTENT_TYPE})
+
+
 async def openapi_document(request: web.Request) -> web.Response:
     doc = openapi.document_for_path(request.match_info["path"])
     if doc is None:
@@ -228,6 +234,7 @@ def build_app(registry: Any, store: Any, access: Access, *, server_address: str 
     r.add_get("/api/{version}", core_resources)
     r.add_get("/apis/{group}", api_group)
     r.add_get("/apis/{group}/{version}", group_resources)
+    r.add_get("/openapi/v2", openapi_v2)
     r.add_get("/openapi/v3", openapi_root)
     r.add_get("/openapi/v3/{path:.+}", openapi_document)
     resource = resource_handler(handlers)

@@ -186,6 +186,9 @@ def test_discovery_legacy_and_aggregated() -> None:
         assert status == 200 and "api/v1" in body["paths"]
         url = body["paths"]["api/v1"]["serverRelativeURL"]
         assert (await call(client, "GET", url))[0] == 200
+        async with client.get("/openapi/v2", headers=ADMIN) as resp:
+            assert resp.status == 200 and resp.headers["Content-Type"] == "application/octet-stream"
+            assert (await resp.read()).startswith(b"\n\x032.0")
 
     serve(scenario)
 
