@@ -54,6 +54,8 @@ _NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 GENERATE_ATTEMPTS = 8
 UPDATE_ATTEMPTS = 32
 DEFAULT_POD_GRACE = 30
+CREATE_ON_UPDATE = frozenset({"endpoints", "events", "leases", "endpointslices", "roles", "rolebindings",
+                              "clusterroles", "clusterrolebindings"})
 # kube-apiserver --etcd-compaction-interval default: history older than one interval is dropped
 COMPACTION_INTERVAL = 300.0
 CONTINUE_EXPIRED = (
@@ -390,8 +392,16 @@ class Registry:
                      subresource: str | None = None, dry_run: bool = False) -> JsonObj:
         """PUT: with metadata.resourceVersion set it is a precondition (409 Conflict if stale)."""
         body = copy.deepcopy(obj)
-        return await self.guaranteed_update(res, namespace, name, lambda _current: copy.deepcopy(body),
-                                            subresource=subresource, dry_run=dry_run)
+        try:
+            return await self.guaranteed_update(res, namespace, name, lambda _current: copy.deepcopy(body),
+                                                subresource=subresource, dry_run=dry_run)
+        except errors.ApiError as err:
+            # Kinds whose upstream strategy has AllowCreateOnUpdate (client-go and controllers PUT
+            # them blindly); never with a resourceVersion precondition or on a subresource.
+            if (err.code != 404 or subresource or res.plural not in CREATE_ON_UPDATE
+                    or _meta(body).get("resourceVersion")):
+                raise
+        return await self.create(res, namespace, body, dry_run=dry_run)
 
     async def guaranteed_update(self, res: Resource, namespace: str, name: str, mutate: Mutate, *,
                                 subresource: str | None = None, dry_run: bool = False) -> JsonObj:
@@ -432,6 +442,7 @@ class Registry:
         if _same_content(new, current):
             return current  # upstream skips no-op writes: same resourceVersion, no watch event
         if dry_run:
+            meta["resourceVersion"] = str(kv.mod_revision)
             return new
         try:
             rev = await self._store(self.store.update, kv.key, encode_object(new), kv.mod_revision)

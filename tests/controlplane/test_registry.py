@@ -438,3 +438,22 @@ def test_periodic_compaction_keeps_one_interval_of_history() -> None:
             assert store._compacted >= int(old["metadata"]["resourceVersion"])
 
     run(body)
+
+
+def test_put_creates_kinds_that_allow_create_on_update() -> None:
+    async def body() -> None:
+        async with started() as reg:
+            ep = res("endpoints")
+            created = await reg.update(ep, "default", "svc", {"metadata": {"name": "svc"}, "subsets": []})
+            assert created["metadata"]["uid"] and created["metadata"]["generation"] == 1
+            await expect_error(404, reg.update(CM, "default", "nope", {"metadata": {"name": "nope"}}))
+            await expect_error(404, reg.update(ep, "default", "x", {"metadata": {
+                "name": "x", "resourceVersion": "5"}}))
+            cm = await reg.create(CM, "default", {"metadata": {"name": "c"}, "data": {"a": "1"}})
+            dry = await reg.update(CM, "default", "c", {"metadata": {"name": "c"}, "data": {"a": "2"}},
+                                   dry_run=True)
+            assert dry["data"] == {"a": "2"} and dry["metadata"]["resourceVersion"] == cm["metadata"][
+                "resourceVersion"]
+            assert (await reg.get(CM, "default", "c"))["data"] == {"a": "1"}
+
+    run(body)
