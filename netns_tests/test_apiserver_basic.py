@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from netns_tests.apiserver_fixtures import ApiServerProcess, kubectl_binary
+from podnet.testing.etcd import EtcdProcess, free_port
 
 kubernetes = pytest.importorskip("kubernetes")
 from kubernetes import client as k8s  # noqa: E402
@@ -130,3 +131,40 @@ def test_etcd_down_fails_fast_and_recovers(apiserver: ApiServerProcess) -> None:
     assert status == 201, body
     status, body = apiserver.request("GET", "/api/v1/namespaces/default/configmaps")
     assert {"before", "after"} <= {c["metadata"]["name"] for c in body["items"]}
+
+
+def test_insecure_port_is_loopback_http_without_auth_and_sigterm_exits_cleanly(
+        etcd: EtcdProcess, tmp_path: Path) -> None:
+    import json
+    import urllib.request
+
+    insecure = free_port()
+    server = ApiServerProcess(etcd, tmp_path / "api", extra_args=[f"--insecure-port={insecure}"])
+    try:
+        server.start()
+        with urllib.request.urlopen(f"http://127.0.0.1:{insecure}/api/v1/namespaces", timeout=10) as resp:
+            names = {n["metadata"]["name"] for n in json.load(resp)["items"]}
+        assert "default" in names
+        # the secure port still wants a token
+        assert server.request("GET", "/api/v1/namespaces", auth=False)[0] == 401
+        assert server.proc is not None
+        server.stop()
+        assert server.proc.returncode == 0, server.log_tail()
+        # restart on the same cert dir keeps the CA (clients keep trusting it) and the data
+        ca_before = Path(server.ca_file).read_bytes()
+        server.start()
+        assert Path(server.ca_file).read_bytes() == ca_before
+        assert server.request("GET", "/api/v1/namespaces/default")[0] == 200
+    finally:
+        server.cleanup()
+
+
+def test_help_documents_every_flag() -> None:
+    from netns_tests.apiserver_fixtures import _server_command
+
+    out = subprocess.run([*_server_command(), "--help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0
+    for flag in ("--etcd-servers", "--etcd-prefix", "--secure-port", "--bind-address", "--tls-cert-file",
+                 "--tls-private-key-file", "--cert-dir", "--token-auth-file", "--service-cluster-ip-range",
+                 "--service-node-port-range", "--insecure-port"):
+        assert flag in out.stdout
