@@ -120,10 +120,10 @@ class EtcdStore:
     ) -> tuple[list[KeyValue], int, bool]:
         raw_prefix = prefix.encode()
         start = max(raw_prefix, start_key.encode()) if start_key else raw_prefix
-        request = etcdrpc.RangeRequest(
-            key=start, range_end=_range_end(raw_prefix), limit=limit, revision=revision,
-            sort_order=etcdrpc.RangeRequest.ASCEND, sort_target=etcdrpc.RangeRequest.KEY,
-        )
+        # No sort_order: etcd returns ranges in key order anyway, and any explicit sort makes
+        # etcd 3.4 read the whole range before applying the limit (v3_server applyRange).
+        request = etcdrpc.RangeRequest(key=start, range_end=_range_end(raw_prefix), limit=limit,
+                                       revision=revision)
         resp = self._call("list", self._kv_stub.Range, request)
         items = [_kv(kv) for kv in resp.kvs]
         return items, revision or int(resp.header.revision), bool(resp.more)
