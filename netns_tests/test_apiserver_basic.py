@@ -42,6 +42,11 @@ def test_tls_tokens_health_and_discovery(apiserver: ApiServerProcess) -> None:
     status, body = apiserver.request("GET", "/api/v1/namespaces")
     names = {n["metadata"]["name"] for n in body["items"]}
     assert {"default", "kube-system", "kube-public", "kube-node-lease"} <= names
+    status, svc = apiserver.request("GET", "/api/v1/namespaces/default/services/kubernetes")
+    assert status == 200 and svc["spec"]["clusterIP"] == "10.96.0.1"
+    status, ep = apiserver.request("GET", "/api/v1/namespaces/default/endpoints/kubernetes")
+    assert ep["subsets"][0]["addresses"] == [{"ip": "127.0.0.1"}]
+    assert ep["subsets"][0]["ports"][0]["port"] == apiserver.port
 
 
 def test_python_client_crud_list_watch(apiserver: ApiServerProcess) -> None:
@@ -155,6 +160,7 @@ def test_insecure_port_is_loopback_http_without_auth_and_sigterm_exits_cleanly(
         server.start()
         assert Path(server.ca_file).read_bytes() == ca_before
         assert server.request("GET", "/api/v1/namespaces/default")[0] == 200
+        assert server.request("GET", "/api/v1/namespaces/default/services/kubernetes")[0] == 200
     finally:
         server.cleanup()
 

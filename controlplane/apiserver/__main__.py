@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from controlplane.apiserver import auth, config, server
+from controlplane.apiserver import auth, bootstrap, config, server
 from controlplane.apiserver.admission import Admission
 from controlplane.apiserver.allocators import ClusterIPAllocator, NodePortAllocator, ServiceAllocators
 from controlplane.apiserver.context import Access
@@ -50,7 +50,7 @@ def build_access(cfg: config.Config, store: Any) -> Access:
     return Access(authenticator, auth.Authorizer(source))
 
 
-def build_registry(cfg: config.Config, store: Any) -> Any:
+def build_registry(cfg: config.Config, store: Any) -> tuple[Any, ServiceAllocators]:
     from controlplane.apiserver.registry import Registry
 
     services = ServiceAllocators(
@@ -58,14 +58,17 @@ def build_registry(cfg: config.Config, store: Any) -> Any:
         NodePortAllocator(store, cfg.service_node_port_range, prefix=cfg.etcd_prefix),
     )
     admission = Admission(services)
-    return Registry(store, prefix=cfg.etcd_prefix, admit=admission.admit, on_delete=admission.on_delete)
+    registry = Registry(store, prefix=cfg.etcd_prefix, admit=admission.admit,
+                        on_delete=admission.on_delete)
+    return registry, services
 
 
 async def run(cfg: config.Config) -> None:
     store = EtcdStore(list(cfg.etcd_servers), timeout=cfg.etcd_timeout)
-    registry = build_registry(cfg, store)
-    await _start_registry(registry)
-    address = f"{_advertised(cfg.bind_address)}:{cfg.secure_port or cfg.insecure_port}"
+    registry, services = build_registry(cfg, store)
+    host, port = _advertised(cfg.bind_address), cfg.secure_port or cfg.insecure_port
+    await _start_registry(registry, services.ips.kubernetes_ip, host, port)
+    address = f"{host}:{port}"
     app = server.build_app(registry, store, build_access(cfg, store), server_address=address)
     access_log = logging.getLogger("podnet.apiserver.access") if cfg.log_level == "debug" else None
     runner = web.AppRunner(app, access_log=access_log, handle_signals=False, shutdown_timeout=2.0)
@@ -90,12 +93,14 @@ async def run(cfg: config.Config) -> None:
     store.close()
 
 
-async def _start_registry(registry: Any) -> None:
-    """Start the watch caches and create the default namespaces; retry while etcd is not up yet."""
+async def _start_registry(registry: Any, cluster_ip: str, host: str, port: int) -> None:
+    """Start the watch caches, create the default namespaces and the `kubernetes` service; retry
+    while etcd is not up yet."""
     delay = 0.2
     while True:
         try:
             await registry.start()
+            await bootstrap.ensure_kubernetes_service(registry, cluster_ip, host, port)
             return
         except Exception as e:
             log.warning("registry start failed (%s); retrying in %.1fs", e, delay)

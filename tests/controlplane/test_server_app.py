@@ -447,3 +447,27 @@ def test_store_down_is_503_and_recovers() -> None:
         assert (await call(client, "POST", f"{NS}/configmaps", cm("c")))[0] == 201
 
     serve(scenario)
+
+
+def test_kubernetes_service_bootstrap_is_idempotent() -> None:
+    from controlplane.apiserver import bootstrap, resources
+    from controlplane.apiserver.registry import Registry
+
+    async def main() -> None:
+        store = MemoryStore()
+        ips = ClusterIPAllocator(store, "10.96.0.0/24")
+        admission = Admission(ServiceAllocators(ips, NodePortAllocator(store, "30000-30100")))
+        registry = Registry(store, admit=admission.admit, on_delete=admission.on_delete)
+        await registry.start()
+        try:
+            await bootstrap.ensure_kubernetes_service(registry, ips.kubernetes_ip, "127.0.0.1", 6443)
+            await bootstrap.ensure_kubernetes_service(registry, ips.kubernetes_ip, "127.0.0.2", 6444)
+            svc = await registry.get(resources.find("", "v1", "services"), "default", "kubernetes")
+            assert svc["spec"]["clusterIP"] == "10.96.0.1" and svc["spec"]["ports"][0]["port"] == 443
+            ep = await registry.get(resources.find("", "v1", "endpoints"), "default", "kubernetes")
+            assert ep["subsets"] == [{"addresses": [{"ip": "127.0.0.2"}],
+                                      "ports": [{"name": "https", "port": 6444, "protocol": "TCP"}]}]
+        finally:
+            await registry.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
