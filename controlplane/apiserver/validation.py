@@ -162,8 +162,46 @@ def is_config_key(key: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Causes (apimachinery/pkg/util/validation/field/errors.go wording).
 
+class GoValue(str):
+    """A value already rendered the way Go's %#v prints it (field.Error's fallback for structs,
+    slices and maps), e.g. map[string]string{"app":"web"}; format_value prints it verbatim."""
+
+
+def _go_quote(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def go_string_list(values: Iterable[Any]) -> GoValue:
+    """[]string{"a", "b"}"""
+    return GoValue("[]string{" + ", ".join(_go_quote(str(v)) for v in values) + "}")
+
+
+def go_string_map(mapping: Any) -> GoValue:
+    """map[string]string{"a":"b", "c":"d"} (Go prints maps with sorted keys)."""
+    items = _map(mapping)
+    body = ", ".join(f"{_go_quote(str(k))}:{_go_quote(str(items[k]))}" for k in sorted(items))
+    return GoValue("map[string]string{" + body + "}")
+
+
+def go_label_selector(selector: Any) -> GoValue:
+    """v1.LabelSelector{MatchLabels:..., MatchExpressions:...} as upstream's messages show it."""
+    sel = _map(selector)
+    labels = "map[string]string(nil)" if sel.get("matchLabels") is None else go_string_map(sel["matchLabels"])
+    exprs = sel.get("matchExpressions")
+    if exprs is None:
+        expressions = "[]v1.LabelSelectorRequirement(nil)"
+    else:
+        expressions = "[]v1.LabelSelectorRequirement{" + ", ".join(
+            f'v1.LabelSelectorRequirement{{Key:{_go_quote(_str(_map(e).get("key")))}, '
+            f'Operator:{_go_quote(_str(_map(e).get("operator")))}, '
+            f'Values:{go_string_list(_list(_map(e).get("values")))}}}' for e in _list(exprs)) + "}"
+    return GoValue(f"v1.LabelSelector{{MatchLabels:{labels}, MatchExpressions:{expressions}}}")
+
+
 def format_value(value: Any) -> str:
     """How field.Error prints a value: strings quoted, numbers and booleans bare."""
+    if isinstance(value, GoValue):
+        return str(value)
     if value is None:
         return '"null"'
     if isinstance(value, bool):
@@ -526,7 +564,10 @@ def _validate_service(obj: Obj, old: Obj | None, c: Causes) -> None:
         old_ip, new_ip = old_spec.get("clusterIP"), spec.get("clusterIP")
         external = "ExternalName" in (svc_type, old_spec.get("type"))
         if old_ip and new_ip != old_ip and not external:
-            c.invalid("spec.clusterIPs[0]", spec.get("clusterIPs") or [new_ip], "may not change once set")
+            # A request that changes clusterIP alone has its clusterIPs normalized to [clusterIP].
+            ips = _list(spec.get("clusterIPs"))
+            shown = ips if ips and ips[0] == new_ip else [new_ip]
+            c.invalid("spec.clusterIPs[0]", go_string_list(shown), "may not change once set")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -570,7 +611,7 @@ def _validate_rc(obj: Obj, old: Obj | None, c: Causes) -> None:
     if template is not None:
         labels = _map(_map(template.get("metadata")).get("labels"))
         if not isinstance(selector, dict) or any(labels.get(k) != v for k, v in selector.items()):
-            c.invalid("spec.template.metadata.labels", labels, _SELECTOR_MISMATCH)
+            c.invalid("spec.template.metadata.labels", go_string_map(labels), _SELECTOR_MISMATCH)
 
 
 def _validate_apps_selector(spec: Obj, template: Obj | None, kind: str, c: Causes) -> None:
@@ -581,7 +622,7 @@ def _validate_apps_selector(spec: Obj, template: Obj | None, kind: str, c: Cause
     validate_label_selector(selector, "spec.selector", c)
     sel = _map(selector)
     if not sel.get("matchLabels") and not sel.get("matchExpressions"):
-        c.invalid("spec.selector", selector, f"empty selector is invalid for {kind}")
+        c.invalid("spec.selector", go_label_selector(selector), f"empty selector is invalid for {kind}")
         return
     if template is None:
         return
@@ -591,7 +632,7 @@ def _validate_apps_selector(spec: Obj, template: Obj | None, kind: str, c: Cause
     except SelectorError:
         return  # already reported by validate_label_selector
     if not matches:
-        c.invalid("spec.template.metadata.labels", labels, _SELECTOR_MISMATCH)
+        c.invalid("spec.template.metadata.labels", go_string_map(labels), _SELECTOR_MISMATCH)
 
 
 def _validate_selector_immutable(obj: Obj, old: Obj | None, c: Causes) -> None:
@@ -600,7 +641,7 @@ def _validate_selector_immutable(obj: Obj, old: Obj | None, c: Causes) -> None:
         return
     new_sel = _map(obj.get("spec")).get("selector")
     if new_sel != _map(old.get("spec")).get("selector"):
-        c.invalid("spec.selector", new_sel, "field is immutable")
+        c.invalid("spec.selector", go_label_selector(new_sel), "field is immutable")
 
 
 def _validate_replica_set(obj: Obj, old: Obj | None, c: Causes) -> None:
@@ -713,7 +754,8 @@ def _validate_network_policy(obj: Obj, old: Obj | None, c: Causes) -> None:
         if kind not in POLICY_TYPES:
             c.not_supported(f"spec.policyTypes[{i}]", kind, POLICY_TYPES)
     if len(types) > 2:
-        c.invalid("spec.policyTypes", types, "may not specify more than two policyTypes")
+        c.invalid("spec.policyTypes", GoValue("[]networking.PolicyType{" + ", ".join(
+            _go_quote(str(t)) for t in types) + "}"), "may not specify more than two policyTypes")
 
 
 # ---------------------------------------------------------------------------------------------
