@@ -15,13 +15,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextvars
 import copy
+import functools
 import inspect
 import json
 import logging
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -137,7 +140,7 @@ def decode_continue(token: str) -> tuple[int, str]:
 class Registry:
     def __init__(self, store: Store, *, prefix: str = "/registry", admit: Hook | None = None,
                  on_delete: Hook | None = None, cache_capacity: int = 10_000,
-                 compaction_interval: float = COMPACTION_INTERVAL) -> None:
+                 compaction_interval: float = COMPACTION_INTERVAL, store_threads: int = 32) -> None:
         self.store = store
         self.prefix = prefix.rstrip("/")
         self.admit = admit
@@ -146,6 +149,10 @@ class Registry:
         self.caches: dict[str, WatchCache] = {}
         self.compaction_interval = compaction_interval
         self._compactor: asyncio.Task[None] | None = None
+        # Store calls block a thread for an etcd round trip (fsync on writes); the default executor
+        # (cores + 4 threads) would serialise concurrent requests behind a few slow writes.
+        self.store_threads = store_threads
+        self._executor: ThreadPoolExecutor | None = None
 
     # -- keys and store calls ---------------------------------------------------------------
     def resource_prefix(self, res: Resource) -> str:
@@ -163,8 +170,12 @@ class Registry:
 
     async def _store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store call in a thread; an unreachable etcd becomes 503 (504 on timeout)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.store_threads, thread_name_prefix="registry-store")
+        ctx = contextvars.copy_context()
+        call = functools.partial(ctx.run, fn, *args, **kwargs)
         try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
         except StoreUnavailable as err:
             raise _store_error(err) from None
 
@@ -224,6 +235,9 @@ class Registry:
             self._compactor = None
         for cache in self.caches.values():
             await cache.stop()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
     def cache_for(self, res: Resource) -> WatchCache:
         cache = self.caches.get(self.resource_prefix(res))
