@@ -391,6 +391,27 @@ def _validate_container(container: Any, path: str, names: set[str], c: Causes) -
             c.required(f"{path}.env[{j}].name")
 
 
+TAINT_EFFECTS = ("NoExecute", "NoSchedule", "PreferNoSchedule")
+
+
+def _validate_toleration(toleration: Obj, path: str, c: Causes) -> None:
+    """validateTolerations: operator Exists takes no value; effect must be a taint effect."""
+    key, operator = toleration.get("key"), toleration.get("operator", "Equal")
+    if key:
+        c.invalid_each(f"{path}.key", key, is_qualified_name(_str(key)))
+    elif operator != "Exists":
+        c.invalid(f"{path}.operator", operator, "operator must be Exists when `key` is empty, which means "
+                  '"match all values and all keys"')
+    if operator == "Exists" and toleration.get("value"):
+        c.invalid(f"{path}.operator", toleration.get("value"),
+                  "value must be empty when `operator` is 'Exists'")
+    elif operator not in ("Equal", "Exists"):
+        c.not_supported(f"{path}.operator", operator, ["Equal", "Exists"])
+    effect = toleration.get("effect")
+    if effect and effect not in TAINT_EFFECTS:
+        c.not_supported(f"{path}.effect", effect, TAINT_EFFECTS)
+
+
 def validate_pod_spec(spec: Any, path: str, c: Causes) -> None:
     spec = _map(spec)
     containers = _list(spec.get("containers"))
@@ -419,6 +440,9 @@ def validate_pod_spec(spec: Any, path: str, c: Causes) -> None:
         if vname in volumes:
             c.duplicate(f"{path}.volumes[{i}].name", vname)
         volumes.add(vname)
+    validate_labels(spec.get("nodeSelector"), f"{path}.nodeSelector", c)
+    for i, toleration in enumerate(_list(spec.get("tolerations"))):
+        _validate_toleration(_map(toleration), f"{path}.tolerations[{i}]", c)
     grace = spec.get("terminationGracePeriodSeconds")
     if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int)):
         c.invalid(f"{path}.terminationGracePeriodSeconds", grace, "must be an integer")
@@ -918,6 +942,50 @@ def _validate_cluster_role_binding(obj: Obj, old: Obj | None, c: Causes) -> None
 
 
 # ---------------------------------------------------------------------------------------------
+# Nodes and leases.
+
+def _validate_cidr(value: Any, field: str, c: Causes) -> None:
+    try:
+        ipaddress.ip_network(_str(value), strict=False)
+    except ValueError:
+        c.invalid(field, value, "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)")
+
+
+def _validate_node(obj: Obj, old: Obj | None, c: Causes) -> None:
+    spec = _map(obj.get("spec"))
+    if spec.get("podCIDR"):
+        _validate_cidr(spec["podCIDR"], "spec.podCIDR", c)
+    for i, cidr in enumerate(_list(spec.get("podCIDRs"))):
+        _validate_cidr(cidr, f"spec.podCIDRs[{i}]", c)
+    for i, taint in enumerate(_list(spec.get("taints"))):
+        taint, tp = _map(taint), f"spec.taints[{i}]"
+        if not taint.get("key"):
+            c.required(f"{tp}.key")
+        else:
+            c.invalid_each(f"{tp}.key", taint["key"], is_qualified_name(_str(taint["key"])))
+        if taint.get("effect") not in TAINT_EFFECTS:
+            c.not_supported(f"{tp}.effect", taint.get("effect"), TAINT_EFFECTS)
+    if old is not None:
+        # The IPAM controller assigns podCIDR once; flannel/calico rely on it never moving.
+        old_spec = _map(old.get("spec"))
+        for key in ("podCIDR", "podCIDRs"):
+            if old_spec.get(key) and spec.get(key) != old_spec.get(key):
+                c.forbidden(f"spec.{key}", f"node updates may not change {key} except from \"\" to valid")
+
+
+def _validate_lease(obj: Obj, old: Obj | None, c: Causes) -> None:
+    spec = _map(obj.get("spec"))
+    for key in ("leaseDurationSeconds", "leaseTransitions"):
+        value = spec.get(key)
+        if value is None:
+            continue
+        minimum = 1 if key == "leaseDurationSeconds" else 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            c.invalid(f"spec.{key}", value, "must be greater than 0" if minimum else
+                      "must be greater than or equal to 0")
+
+
+# ---------------------------------------------------------------------------------------------
 # Dispatch.
 
 Validator = Callable[[Obj, "Obj | None", Causes], None]
@@ -937,6 +1005,8 @@ VALIDATORS: dict[tuple[str, str], Validator] = {
     ("", "Service"): _validate_service,
     ("", "ReplicationController"): _validate_rc,
     ("", "Endpoints"): _validate_endpoints,
+    ("", "Node"): _validate_node,
+    ("coordination.k8s.io", "Lease"): _validate_lease,
     ("", "ConfigMap"): _validate_configmap,
     ("", "Secret"): _validate_secret,
     ("discovery.k8s.io", "EndpointSlice"): _validate_endpoint_slice,

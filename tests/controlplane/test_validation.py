@@ -434,3 +434,31 @@ def test_malformed_objects_give_causes_not_exceptions(obj: Obj) -> None:
 def test_self_subject_access_review_needs_no_name() -> None:
     sar = _res("authorization.k8s.io", "SelfSubjectAccessReview")
     assert validation.validate(sar, {"spec": {"resourceAttributes": {"verb": "get"}}}) == []
+
+
+def test_tolerations_and_node_selector() -> None:
+    pod = _pod(tolerations=[{"operator": "Exists"}, {"key": "k", "operator": "Exists", "value": "v"},
+                            {"key": "k", "effect": "Sometimes"}], nodeSelector={"bad key": "x"})
+    assert [(f, r) for f, r, _ in _check("", "Pod", pod)] == [
+        ("spec.nodeSelector", "FieldValueInvalid"),
+        ("spec.tolerations[1].operator", "FieldValueInvalid"),
+        ("spec.tolerations[2].effect", "FieldValueNotSupported"),
+    ]
+
+
+def test_node_and_lease() -> None:
+    node: Obj = {"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/24",
+                                                     "taints": [{"key": "k", "effect": "NoSchedule"}]}}
+    assert _check("", "Node", node) == []
+    moved = copy.deepcopy(node)
+    moved["spec"]["podCIDR"] = "10.244.2.0/24"
+    assert _check("", "Node", moved, node)[0][:2] == ("spec.podCIDR", "FieldValueForbidden")
+    fresh: Obj = {"metadata": {"name": "n1"}, "spec": {}}
+    assert _check("", "Node", copy.deepcopy(node), fresh) == []  # "" -> assigned is fine
+    bad = {"metadata": {"name": "n2"}, "spec": {"podCIDR": "10.244.1.0/33", "taints": [{"effect": "X"}]}}
+    fields = [f for f, _, _ in _check("", "Node", bad)]
+    assert fields == ["spec.podCIDR", "spec.taints[0].key", "spec.taints[0].effect"]
+    lease = {"metadata": {"name": "l", "namespace": "kube-node-lease"},
+             "spec": {"holderIdentity": "n1", "leaseDurationSeconds": 0}}
+    assert _check("coordination.k8s.io", "Lease", lease) == [
+        ("spec.leaseDurationSeconds", "FieldValueInvalid", "Invalid value: 0: must be greater than 0")]
