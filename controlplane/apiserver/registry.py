@@ -235,6 +235,7 @@ class Registry:
             self._compactor = None
         for cache in self.caches.values():
             await cache.stop()
+        self.caches.clear()  # a later start() builds fresh caches
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
