@@ -169,3 +169,12 @@ def test_kill9_during_writes_loses_nothing_acknowledged(etcd: EtcdProcess) -> No
     finally:
         stop.set()
         store.close()
+
+
+def test_closed_store_is_unavailable(etcd: EtcdProcess) -> None:
+    store = EtcdStore([etcd.endpoint], timeout=2)
+    store.close()
+    with pytest.raises(StoreUnavailable):
+        store.get("/x")
+    with pytest.raises(StoreUnavailable):
+        store.watch("/x/", 0)

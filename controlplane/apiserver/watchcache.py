@@ -236,6 +236,10 @@ class WatchCache:
             except StoreError as err:
                 log.warning("watch cache %s: store watch failed (%s), resuming", self.prefix, err)
                 self._stopped.wait(self.retry_interval)
+            except Exception:  # a bug must not silently freeze the cache: log, re-list, go on
+                log.exception("watch cache %s: unexpected failure, re-listing", self.prefix)
+                relist = True
+                self._stopped.wait(self.retry_interval)
 
     def _follow(self, applied: int) -> int:
         """Follow the store watch from applied+1 until it fails or the cache stops."""

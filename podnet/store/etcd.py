@@ -109,6 +109,8 @@ class EtcdStore:
             return method(request, timeout=timeout or self.timeout)
         except grpc.RpcError as err:
             raise translate(err, what) from None
+        except ValueError as err:  # grpc: "Cannot invoke RPC on closed channel!"
+            raise StoreUnavailable(f"etcd client closed ({what}): {err}") from None
 
     # -- reads ------------------------------------------------------------------------------
     def get(self, key: str) -> KeyValue | None:
@@ -184,7 +186,10 @@ class EtcdStore:
 
     # -- watch / health / lifecycle ---------------------------------------------------------
     def watch(self, prefix: str, start_revision: int) -> EtcdWatchStream:
-        return EtcdWatchStream(self._watch_stub, prefix, start_revision)
+        try:
+            return EtcdWatchStream(self._watch_stub, prefix, start_revision)
+        except ValueError as err:  # closed channel
+            raise StoreUnavailable(f"etcd client closed (watch): {err}") from None
 
     def healthy(self) -> bool:
         try:
