@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from controlplane.apiserver import validation
+from controlplane.apiserver import validation, validation_syntax
 from controlplane.apiserver.defaults import apply_defaults
 from controlplane.apiserver.resources import Resource, by_kind
 
@@ -61,11 +61,11 @@ def test_valid_objects_have_no_causes() -> None:
 
 
 def test_regex_error_wording() -> None:
-    assert validation.is_dns1123_subdomain("Foo") == [SUBDOMAIN_MSG]
-    assert validation.is_dns1123_label("a_b") == [LABEL_MSG]
-    assert validation.is_dns1123_label("a.b") == ["must not contain dots"]
-    assert validation.is_dns1035_label("1abc") == [DNS1035_MSG]
-    assert validation.is_dns1123_label("a" * 64) == ["must be no more than 63 characters"]
+    assert validation_syntax.is_dns1123_subdomain("Foo") == [SUBDOMAIN_MSG]
+    assert validation_syntax.is_dns1123_label("a_b") == [LABEL_MSG]
+    assert validation_syntax.is_dns1123_label("a.b") == ["must not contain dots"]
+    assert validation_syntax.is_dns1035_label("1abc") == [DNS1035_MSG]
+    assert validation_syntax.is_dns1123_label("a" * 64) == ["must be no more than 63 characters"]
 
 
 def test_names_per_kind() -> None:
