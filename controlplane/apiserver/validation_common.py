@@ -111,7 +111,7 @@ class Causes:
         self._add("FieldValueForbidden", field, f"Forbidden: {detail}")
 
     def too_long(self, field: str, limit: int) -> None:
-        self._add("FieldValueTooLong", field, f"Too long: may not be more than {limit} bytes")
+        self._add("FieldValueTooLong", field, f"Too long: must have at most {limit} bytes")
 
 
 def as_map(value: Any) -> Obj:

@@ -345,13 +345,23 @@ def _validate_immutable_data(obj: Obj, old: Obj | None, keys: tuple[str, ...], c
                 c.forbidden(key, "field is immutable when `immutable` is set")
 
 
+MAX_DATA_SIZE = 1024 * 1024  # core.MaxSecretSize; configmaps share the 1 MiB limit
+
+
 def validate_configmap(obj: Obj, old: Obj | None, c: Causes) -> None:
     _validate_data_keys(obj, ("data", "binaryData"), c)
+    size = sum(len(str(k)) + len(str(v)) for key in ("data", "binaryData")
+               for k, v in as_map(obj.get(key)).items())
+    if size > MAX_DATA_SIZE:
+        c.too_long("", MAX_DATA_SIZE)
     _validate_immutable_data(obj, old, ("data", "binaryData"), c)
 
 
 def validate_secret(obj: Obj, old: Obj | None, c: Causes) -> None:
     _validate_data_keys(obj, ("data", "stringData"), c)
+    # Decoded size: base64 carries 3 bytes per 4 characters.
+    if sum(len(str(v)) * 3 // 4 for v in as_map(obj.get("data")).values()) > MAX_DATA_SIZE:
+        c.too_long("data", MAX_DATA_SIZE)
     for key, value in as_map(obj.get("data")).items():
         try:
             base64.b64decode(as_str(value), validate=True)

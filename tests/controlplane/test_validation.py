@@ -104,7 +104,7 @@ def test_labels_and_annotations() -> None:
     huge = _pod()
     huge["metadata"]["annotations"] = {"big": "x" * (256 * 1024)}
     assert _check("", "Pod", huge) == [
-        ("metadata.annotations", "FieldValueTooLong", "Too long: may not be more than 262144 bytes")
+        ("metadata.annotations", "FieldValueTooLong", "Too long: must have at most 262144 bytes")
     ]
 
 
@@ -462,3 +462,12 @@ def test_node_and_lease() -> None:
              "spec": {"holderIdentity": "n1", "leaseDurationSeconds": 0}}
     assert _check("coordination.k8s.io", "Lease", lease) == [
         ("spec.leaseDurationSeconds", "FieldValueInvalid", "Invalid value: 0: must be greater than 0")]
+
+
+def test_data_size_limits() -> None:
+    big = {"metadata": {"name": "c"}, "data": {"a": "x" * (1024 * 1024)}}
+    assert _check("", "ConfigMap", big) == [
+        ("", "FieldValueTooLong", "Too long: must have at most 1048576 bytes")]
+    secret = {"metadata": {"name": "s"}, "data": {"a": "QUFB" * (300 * 1024)}}
+    assert _check("", "Secret", secret) == [
+        ("data", "FieldValueTooLong", "Too long: must have at most 1048576 bytes")]
