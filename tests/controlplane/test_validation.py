@@ -468,6 +468,6 @@ def test_data_size_limits() -> None:
     big = {"metadata": {"name": "c"}, "data": {"a": "x" * (1024 * 1024)}}
     assert _check("", "ConfigMap", big) == [
         ("", "FieldValueTooLong", "Too long: must have at most 1048576 bytes")]
-    secret = {"metadata": {"name": "s"}, "data": {"a": "QUFB" * (300 * 1024)}}
+    secret = {"metadata": {"name": "s"}, "data": {"a": "QUFB" * (400 * 1024)}}
     assert _check("", "Secret", secret) == [
         ("data", "FieldValueTooLong", "Too long: must have at most 1048576 bytes")]
