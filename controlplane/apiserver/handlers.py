@@ -14,7 +14,14 @@ from typing import Any
 
 from aiohttp import web
 
-from controlplane.apiserver import errors, negotiation, routing, subresources, watch_http
+from controlplane.apiserver import (
+    errors,
+    fieldvalidation,
+    negotiation,
+    routing,
+    subresources,
+    watch_http,
+)
 from controlplane.apiserver.negotiation import parse_bool, parse_int
 from controlplane.apiserver.resources import Resource
 from controlplane.apiserver.routing import Target
@@ -30,6 +37,13 @@ RETURNS_DELETED_OBJECT = frozenset({"pods", "services", "namespaces"})
 def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=json.dumps(data, separators=(",", ":")), status=status,
                         content_type="application/json")
+
+
+def with_warnings(resp: web.Response, warnings: list[str]) -> web.Response:
+    """Attach `Warning: 299` headers (kubectl prints them as `Warning: ...`)."""
+    if warnings:
+        resp.headers["Warning"] = fieldvalidation.warning_header(warnings)
+    return resp
 
 
 class ResourceHandlers:
@@ -157,16 +171,18 @@ class ResourceHandlers:
         if t.resource.plural == "selfsubjectaccessreviews":
             return await subresources.self_subject_access_review(request, body)
         obj = with_type_meta(t.resource, body)
+        warnings = fieldvalidation.check(t.resource, obj, request.query.get("fieldValidation"))
         created = await self.registry.create(t.resource, t.namespace, obj, dry_run=dry_run(request))
-        return json_response(created, status=201)
+        return with_warnings(json_response(created, status=201), warnings)
 
     async def update(self, request: web.Request, t: Target) -> web.Response:
         body = negotiation.require_object(await read_body(request))
         obj = with_type_meta(t.resource, body)
         check_name(obj, t.name)
+        warnings = fieldvalidation.check(t.resource, obj, request.query.get("fieldValidation"))
         updated = await self.registry.update(t.resource, t.namespace, t.name, obj,
                                              subresource=t.subresource or None, dry_run=dry_run(request))
-        return json_response(updated)
+        return with_warnings(json_response(updated), warnings)
 
     async def patch(self, request: web.Request, t: Target) -> web.Response:
         from controlplane.apiserver import patching  # keeps patch algorithms off the import path of reads

@@ -226,6 +226,19 @@ def test_create_get_conflicts_and_delete() -> None:
     serve(scenario)
 
 
+def test_field_validation_strict_and_warn() -> None:
+    async def scenario(client: TestClient, store: FlakyStore) -> None:
+        bad = {**cm("fv"), "dta": {"a": "1"}}
+        _, body = await call(client, "POST", f"{NS}/configmaps?fieldValidation=Strict", bad)
+        assert_status(body, 400, "BadRequest")
+        assert 'unknown field "dta"' in body["message"]
+        async with client.post(f"{NS}/configmaps", data=json.dumps(bad),
+                               headers={**ADMIN, "Content-Type": "application/json"}) as resp:
+            assert resp.status == 201 and resp.headers["Warning"] == '299 - "unknown field \\"dta\\""'
+
+    serve(scenario)
+
+
 def test_dry_run_and_bad_bodies() -> None:
     async def scenario(client: TestClient, store: FlakyStore) -> None:
         status, _ = await call(client, "POST", f"{NS}/configmaps?dryRun=All", cm("dry"))

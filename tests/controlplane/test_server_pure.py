@@ -223,3 +223,34 @@ def test_subject_alt_names() -> None:
 
     assert tls.subject_alt_names(["0.0.0.0", "host", "::1"]) == ["DNS:host", "IP:::1", "IP:127.0.0.1",
                                                                  "DNS:localhost"]
+
+
+# ------------------------------------------------------------------------------------ fieldValidation
+
+
+def test_field_validation_modes() -> None:
+    from controlplane.apiserver import fieldvalidation, resources
+
+    pods = resources.find("", "v1", "pods")
+    assert pods is not None
+    good = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {}}, "spec": {}}
+    bad = {**good, "sepc": {}, "metadata": {"name": "p", "lables": {}}}
+    assert fieldvalidation.unknown_fields(pods, good) == []
+    assert fieldvalidation.unknown_fields(pods, bad) == ["metadata.lables", "sepc"]
+    assert fieldvalidation.check(pods, bad, "Ignore") == []
+    assert fieldvalidation.check(pods, bad, None) == ['unknown field "metadata.lables"',
+                                                      'unknown field "sepc"']
+    with pytest.raises(errors.ApiError) as e:
+        fieldvalidation.check(pods, bad, "Strict")
+    assert e.value.code == 400
+    assert e.value.message == ('Pod in version "v1" cannot be handled as a Pod: strict decoding error: '
+                               'unknown field "metadata.lables", unknown field "sepc"')
+    with pytest.raises(errors.ApiError):
+        fieldvalidation.check(pods, good, "Loose")
+    assert fieldvalidation.warning_header(['unknown field "x"']) == '299 - "unknown field \\"x\\""'
+
+
+def test_every_served_kind_has_a_field_table() -> None:
+    from controlplane.apiserver import fieldvalidation, resources
+
+    assert {r.kind for r in resources.RESOURCES} <= set(fieldvalidation.TOP_LEVEL)
