@@ -288,7 +288,14 @@ class WatchCache:
         self.revision = max(self.revision, revision)
 
     def _diff(self, fresh: dict[str, KeyValue], revision: int) -> list[CacheEvent]:
-        """The events that turn the cached state into the listing at `revision`."""
+        """The events that turn the cached state into the listing at `revision`.
+
+        Every event gets its own revision, so a watcher that resumes from any of them misses
+        nothing and sees nothing twice: ADDED/MODIFIED carry the object's mod_revision; each
+        DELETED takes a revision in the gap (cache revision, listing revision] that no other event
+        uses, largest first. There are always enough: each key deleted in the gap had its own
+        delete revision there, distinct from the surviving objects' mod_revisions.
+        """
         events: list[CacheEvent] = []
         for key, kv in fresh.items():
             old = self.objects.get(key)
@@ -296,9 +303,12 @@ class WatchCache:
                 continue
             obj = self.decode(kv.value, kv.mod_revision)
             events.append(CacheEvent("MODIFIED" if old else "ADDED", key, obj, kv.mod_revision, old))
-        for key, old in self.objects.items():
-            if key not in fresh:
-                events.append(CacheEvent("DELETED", key, _with_rv(old, revision), revision, old))
+        used = {e.revision for e in events}
+        free = (r for r in range(revision, self.revision, -1) if r not in used)
+        gone = sorted(key for key in self.objects if key not in fresh)
+        for key, rev in zip(gone, itertools.chain(free, itertools.repeat(revision)), strict=False):
+            old = self.objects[key]
+            events.append(CacheEvent("DELETED", key, _with_rv(old, rev), rev, old))
         events.sort(key=lambda e: (e.revision, e.key))
         return events
 
