@@ -30,6 +30,10 @@ BOOKMARK_INTERVAL = 60.0
 # how often an idle watch checks that its client is still connected (aiohttp does not cancel
 # handlers on disconnect)
 IDLE_CHECK = 5.0
+MAX_BATCH = 256
+# Events buffered between the registry's watcher and the socket: a full buffer stops the pump, so a
+# slow client backs up into the watch cache (which bounds and drops slow watchers) instead of here.
+PUMP_BUFFER = 256
 
 EventTransform = Callable[[dict[str, Any]], dict[str, Any]]
 _END = object()
@@ -55,7 +59,7 @@ class _Pump:
     cancelling (and thereby closing) the iterator itself."""
 
     def __init__(self, events: AsyncIterator[dict[str, Any]]) -> None:
-        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self.queue: asyncio.Queue[object] = asyncio.Queue(PUMP_BUFFER)
         self._events = events
         self.task = asyncio.create_task(self._run())
 
@@ -96,32 +100,10 @@ async def serve_watch(
     resp.enable_chunked_encoding()
     await resp.prepare(request)
     pump = _Pump(events)
+    stream = _Stream(resp, res, transform, start_rv)
     deadline = time.monotonic() + (timeout if timeout and timeout > 0 else DEFAULT_TIMEOUT)
-    last_rv = start_rv if start_rv not in ("", "0") else ""
-    next_bookmark = time.monotonic() + bookmark_interval
     try:
-        while True:
-            now = time.monotonic()
-            if now >= deadline or _disconnected(request):
-                break
-            if bookmarks and last_rv and now >= next_bookmark:
-                await resp.write(encode(bookmark_event(res, last_rv)))
-                next_bookmark = now + bookmark_interval
-            wait = min(deadline, next_bookmark if bookmarks else deadline) - now
-            try:
-                item = await asyncio.wait_for(pump.queue.get(), max(0.0, min(wait, IDLE_CHECK)))
-            except TimeoutError:
-                continue
-            if item is _END:
-                break
-            if isinstance(item, ApiError):
-                await resp.write(encode(error_event(item)))
-                break
-            if isinstance(item, Exception):
-                break
-            assert isinstance(item, dict)
-            last_rv = _event_rv(item) or last_rv
-            await resp.write(encode(transform(item) if transform else item))
+        await stream.run(request, pump.queue, deadline, bookmark_interval if bookmarks else None)
     except ConnectionResetError:
         pass
     finally:
@@ -129,6 +111,57 @@ async def serve_watch(
     with contextlib.suppress(ConnectionResetError, RuntimeError):
         await resp.write_eof()
     return resp
+
+
+class _Stream:
+    """Writes events (in batches: whatever is queued goes out in one chunk) and bookmarks."""
+
+    def __init__(self, resp: web.StreamResponse, res: Resource, transform: EventTransform | None,
+                 start_rv: str) -> None:
+        self.resp = resp
+        self.res = res
+        self.transform = transform
+        self.last_rv = start_rv if start_rv not in ("", "0") else ""
+
+    async def run(self, request: web.Request, queue: asyncio.Queue[object], deadline: float,
+                  bookmark_interval: float | None) -> None:
+        next_bookmark = time.monotonic() + (bookmark_interval or 0.0)
+        while True:
+            now = time.monotonic()
+            if now >= deadline or _disconnected(request):
+                return
+            if bookmark_interval is not None and self.last_rv and now >= next_bookmark:
+                await self.resp.write(encode(bookmark_event(self.res, self.last_rv)))
+                next_bookmark = now + bookmark_interval
+            wake = min(deadline, next_bookmark) if bookmark_interval is not None else deadline
+            try:
+                item = await asyncio.wait_for(queue.get(), max(0.0, min(wake - now, IDLE_CHECK)))
+            except TimeoutError:
+                continue
+            batch = [item]
+            while len(batch) < MAX_BATCH and not queue.empty():
+                batch.append(queue.get_nowait())
+            if not await self._write(batch):
+                return
+
+    async def _write(self, batch: list[object]) -> bool:
+        """Write the batch's events; False when the stream must end (end of events, error)."""
+        chunks: list[bytes] = []
+        going = True
+        for item in batch:
+            if item is _END or (isinstance(item, Exception) and not isinstance(item, ApiError)):
+                going = False
+                break
+            if isinstance(item, ApiError):
+                chunks.append(encode(error_event(item)))
+                going = False
+                break
+            assert isinstance(item, dict)
+            self.last_rv = _event_rv(item) or self.last_rv
+            chunks.append(encode(self.transform(item) if self.transform else item))
+        if chunks:
+            await self.resp.write(b"".join(chunks))
+        return going
 
 
 def _event_rv(event: dict[str, Any]) -> str:

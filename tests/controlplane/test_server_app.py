@@ -364,6 +364,22 @@ def test_watch_stream_events_bookmarks_and_timeout() -> None:
     serve(scenario)
 
 
+def test_watch_delivers_a_burst_in_order() -> None:
+    async def scenario(client: TestClient, store: FlakyStore) -> None:
+        _, listed = await call(client, "GET", f"{NS}/configmaps")
+        rv = listed["metadata"]["resourceVersion"]
+        async with client.get(f"{NS}/configmaps?watch=1&resourceVersion={rv}&timeoutSeconds=20",
+                              headers=ADMIN) as resp:
+            await asyncio.gather(*(call(client, "POST", f"{NS}/configmaps", cm(f"b{i}"))
+                                   for i in range(300)))
+            events = await read_events(resp, 300, timeout=10)
+        rvs = [int(e["object"]["metadata"]["resourceVersion"]) for e in events]
+        assert len(events) == 300 and rvs == sorted(rvs) and len(set(rvs)) == 300
+        assert {e["object"]["metadata"]["name"] for e in events} == {f"b{i}" for i in range(300)}
+
+    serve(scenario)
+
+
 def test_watch_synthetic_added_and_table_events() -> None:
     async def scenario(client: TestClient, store: FlakyStore) -> None:
         await call(client, "POST", f"{NS}/configmaps", cm("pre"))
