@@ -59,7 +59,8 @@ class Stub:
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, str]] = []  # (method, path_qs, accept)
         self.patch_types: list[str] = []
-        self.pods = [_pod("web", "Running", 75), _pod("db", "Pending", 5)]
+        # Ages far from a rounding boundary, so a slow run cannot change the AGE column.
+        self.pods = [_pod("web", "Running", 20 * 86400 + 600), _pod("db", "Pending", 2 * 86400 + 600)]
         self.port = free_port()
         self.loop = asyncio.new_event_loop()
         self.runner: web.AppRunner | None = None
@@ -210,8 +211,8 @@ def test_get_pods_prints_table_columns(minor: int, stub: Stub, tmp_path: Path) -
     out = _kubectl(minor, stub, tmp_path, "get", "po")
     lines = out.splitlines()
     assert lines[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
-    assert _row(out, "web") == ["web", "1/1", "Running", "0", "75s"]
-    assert _row(out, "db") == ["db", "0/1", "ContainerCreating", "0", "5s"]
+    assert _row(out, "web") == ["web", "1/1", "Running", "0", "20d"]
+    assert _row(out, "db") == ["db", "0/1", "ContainerCreating", "0", "2d"]
     wide = _kubectl(minor, stub, tmp_path, "get", "pods", "-o", "wide")
     assert wide.splitlines()[0].split() == [
         "NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE", "NOMINATED", "NODE", "READINESS", "GATES"]
