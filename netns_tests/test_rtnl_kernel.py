@@ -190,7 +190,8 @@ def test_addresses_v4_and_v6(topo: Topology) -> None:
         assert nl.list_addrs("abr0", family=2) == ["10.9.0.1/24"]
         assert "fd00:9::1/64" in nl.list_addrs("abr0", family=10)
         assert set(nl.list_addrs("abr0")) >= {"10.9.0.1/24", "fd00:9::1/64"}
-        info = [a for a in ip_json(ns, "addr", "show", "dev", "abr0")[0]["addr_info"] if a["family"] == "inet"]
+        shown = ip_json(ns, "addr", "show", "dev", "abr0")[0]["addr_info"]
+        info = [a for a in shown if a["family"] == "inet"]
         assert info[0]["broadcast"] == "10.9.0.255"  # like the reference's netlink library
         assert nl.list_addrs("nope0") == []
         with pytest.raises(NotFound):

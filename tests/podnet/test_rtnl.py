@@ -176,7 +176,8 @@ def test_parse_link_minimal_and_oper_states() -> None:
 
 def test_parse_addr_prefers_the_local_address() -> None:
     v4 = (rtnl.ifaddrmsg(socket.AF_INET, 24, 3)
-          + rtnl.attr(rtnl.IFA_ADDRESS, bytes([10, 0, 0, 9])) + rtnl.attr(rtnl.IFA_LOCAL, bytes([10, 0, 0, 2])))
+          + rtnl.attr(rtnl.IFA_ADDRESS, bytes([10, 0, 0, 9]))
+          + rtnl.attr(rtnl.IFA_LOCAL, bytes([10, 0, 0, 2])))
     assert netlink.parse_addr(v4) == (2, 3, "10.0.0.2/24")
     v6 = rtnl.ifaddrmsg(socket.AF_INET6, 128, 1) + rtnl.attr(rtnl.IFA_ADDRESS, bytes(15) + b"\x01")
     assert netlink.parse_addr(v6) == (10, 1, "::1/128")
