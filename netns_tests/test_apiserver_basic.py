@@ -174,3 +174,13 @@ def test_help_documents_every_flag() -> None:
                  "--tls-private-key-file", "--cert-dir", "--token-auth-file", "--service-cluster-ip-range",
                  "--service-node-port-range", "--insecure-port"):
         assert flag in out.stdout
+
+
+def test_bad_token_file_fails_fast(etcd: EtcdProcess, tmp_path: Path) -> None:
+    server = ApiServerProcess(etcd, tmp_path / "api")
+    server.token_file.write_text('only-a-token\n')
+    try:
+        with pytest.raises(RuntimeError, match="exited 1"):
+            server.start(timeout=20)
+    finally:
+        server.cleanup()

@@ -65,16 +65,17 @@ def build_registry(cfg: config.Config, store: Any) -> tuple[Any, ServiceAllocato
 
 async def run(cfg: config.Config) -> None:
     store = EtcdStore(list(cfg.etcd_servers), timeout=cfg.etcd_timeout)
+    access = build_access(cfg, store)  # a bad token file fails now, not after waiting for etcd
+    tls_context = ssl_context(cfg) if cfg.secure_port else None
     registry, services = build_registry(cfg, store)
     host, port = _advertised(cfg.bind_address), cfg.secure_port or cfg.insecure_port
     await _start_registry(registry, services.ips.kubernetes_ip, host, port)
-    address = f"{host}:{port}"
-    app = server.build_app(registry, store, build_access(cfg, store), server_address=address)
+    app = server.build_app(registry, store, access, server_address=f"{host}:{port}")
     access_log = logging.getLogger("podnet.apiserver.access") if cfg.log_level == "debug" else None
     runner = web.AppRunner(app, access_log=access_log, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     if cfg.secure_port:
-        site = web.TCPSite(runner, cfg.bind_address, cfg.secure_port, ssl_context=ssl_context(cfg),
+        site = web.TCPSite(runner, cfg.bind_address, cfg.secure_port, ssl_context=tls_context,
                            reuse_address=True)
         await site.start()
         log.info("serving HTTPS on %s:%d", cfg.bind_address, cfg.secure_port)

@@ -15,7 +15,17 @@ from typing import Any
 
 from aiohttp import web
 
-from controlplane.apiserver import admission, auth, context, discovery, errors, openapi, routing, watch_http
+from controlplane.apiserver import (
+    admission,
+    auth,
+    context,
+    discovery,
+    errors,
+    openapi,
+    resources,
+    routing,
+    watch_http,
+)
 from controlplane.apiserver.context import Access
 from controlplane.apiserver.handlers import ResourceHandlers, json_response
 from podnet.errors import AlreadyExists, NotFound
@@ -143,6 +153,15 @@ async def api_group(request: web.Request) -> web.Response:
     return json_response(doc)
 
 
+async def root_paths(request: web.Request) -> web.Response:
+    """GET / (kubectl get --raw /): the served path prefixes, as upstream's index."""
+    paths = ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/openapi/v2", "/openapi/v3",
+             "/readyz", "/version"]
+    paths += [f"/apis/{g}" for g in sorted(set(resources.groups()))]
+    paths += [f"/apis/{g}/{v}" for g, v in resources.group_versions() if g]
+    return json_response({"paths": sorted(paths)})
+
+
 async def version(request: web.Request) -> web.Response:
     return json_response(discovery.version_info())
 
@@ -225,6 +244,7 @@ def build_app(registry: Any, store: Any, access: Access, *, server_address: str 
     for name in ("healthz", "livez", "readyz"):
         r.add_get(f"/{name}", health_handler(name))
         r.add_get(f"/{name}/{{check}}", health_handler(name))
+    r.add_get("/", root_paths)
     r.add_get("/version", version)
     r.add_get("/version/", version)
     r.add_get("/api", api_versions)

@@ -182,6 +182,8 @@ def test_discovery_legacy_and_aggregated() -> None:
         assert status == 200 and body["groupVersion"] == "apps/v1"
         status, body = await call(client, "GET", "/apis/nope/v1")
         assert_status(body, 404, "NotFound")
+        status, body = await call(client, "GET", "/")
+        assert status == 200 and {"/api", "/apis/apps/v1", "/version"} <= set(body["paths"])
         status, body = await call(client, "GET", "/openapi/v3")
         assert status == 200 and "api/v1" in body["paths"]
         url = body["paths"]["api/v1"]["serverRelativeURL"]
