@@ -76,7 +76,8 @@ def age(obj: Obj, now: datetime) -> str:
 
 
 def name_of(obj: Obj) -> str:
-    return str(obj.get("metadata", {}).get("name", ""))
+    meta = obj.get("metadata")
+    return str(meta.get("name", "")) if isinstance(meta, dict) else ""
 
 
 def format_labels(labels: dict[str, str] | None) -> str:
@@ -566,10 +567,16 @@ def _row_object(obj: Obj, include_object: str) -> Obj | None:
 
 def table_row(res: Resource, obj: Obj, include_object: str = "Metadata",
               now: datetime | None = None) -> dict[str, Any]:
-    _, row_func = PRINTERS.get((res.group, res.kind), _GENERIC)
-    row: dict[str, Any] = {"cells": row_func(obj, now or datetime.now(UTC))}
-    if res.kind == "Pod" and (conditions := pod_row_conditions(obj)):
-        row["conditions"] = conditions
+    columns, row_func = PRINTERS.get((res.group, res.kind), _GENERIC)
+    row: dict[str, Any] = {}
+    try:
+        row["cells"] = row_func(obj, now or datetime.now(UTC))
+        if res.kind == "Pod" and (conditions := pod_row_conditions(obj)):
+            row["conditions"] = conditions
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError):
+        # An object of an unexpected shape (validation never saw it: an old or hand-written etcd
+        # value) must not fail the whole list: print its name and mark the rest unknown.
+        row["cells"] = [name_of(obj) if fmt == "name" else "<unknown>" for _, _, _, fmt in columns]
     row_object = _row_object(obj, include_object)
     if row_object is not None:
         row["object"] = row_object

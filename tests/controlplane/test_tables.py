@@ -254,3 +254,12 @@ def test_generic_and_missing_timestamp() -> None:
     table = tables.to_table(sar, [{"metadata": {"name": "x"}}], now=NOW)
     assert [c["name"] for c in table["columnDefinitions"]] == ["Name", "Age"]
     assert table["rows"][0]["cells"] == ["x", "<unknown>"]
+
+
+def test_malformed_object_still_gets_a_row() -> None:
+    broken = {"metadata": _meta("e"), "involvedObject": "oops"}
+    events = tables.to_table(_res("", "events"), [broken], now=NOW)
+    cells = events["rows"][0]["cells"]
+    assert cells[-1] == "e" and cells[0] == "<unknown>"
+    pods = tables.to_table(_res("", "pods"), [{"metadata": _meta("p"), "status": "x"}], now=NOW)
+    assert pods["rows"][0]["cells"][:2] == ["p", "<unknown>"]
