@@ -69,17 +69,35 @@ class Result:
     concurrency: int = 1
     errors: int = 0
     note: str = ""
+    server_cpu: float = 0.0  # CPU seconds the apiserver / etcd processes used during the run
+    etcd_cpu: float = 0.0
 
     @property
     def throughput(self) -> float:
         return len(self.latencies) / self.wall if self.wall else 0.0
+
+    def cpu_per_call(self, seconds: float) -> str:
+        return f"{seconds / len(self.latencies) * 1e3:.2f}" if self.latencies and seconds else "-"
 
     def row(self) -> str:
         lat = self.latencies or [float("nan")]
         return (f"| {self.name} | {self.size:,} | {len(self.latencies):,} | {self.concurrency} | "
                 f"{statistics.median(lat) * 1e3:.1f} | {percentile(lat, 99) * 1e3:.1f} | "
                 f"{max(lat) * 1e3:.1f} | {f'{self.throughput:,.0f}' if self.wall else '-'} | "
+                f"{self.cpu_per_call(self.server_cpu)} | {self.cpu_per_call(self.etcd_cpu)} | "
                 f"{self.errors} | {self.note} |")
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """utime + stime of a process from /proc (0 when it is gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ----------------------------------------------------------------------------------------- client
@@ -90,6 +108,8 @@ class Client:
 
     def __init__(self, server: ApiServerProcess, connections: int) -> None:
         ctx = ssl.create_default_context(cafile=server.ca_file)
+        self.pids = (server.proc.pid if server.proc else None,
+                     server.etcd.proc.pid if server.etcd.proc else None)
         self.base = server.url
         self.headers = {"Authorization": f"Bearer {server.token}", "Accept": "application/json"}
         self.session = aiohttp.ClientSession(
@@ -110,6 +130,9 @@ class Client:
                 raise RuntimeError(f"{method} {path}: {resp.status} {raw[:300]!r}")
             return json.loads(raw) if raw else None
 
+    def cpu(self) -> tuple[float, float]:
+        return cpu_seconds(self.pids[0]), cpu_seconds(self.pids[1])
+
     async def close(self) -> None:
         await self.session.close()
 
@@ -125,9 +148,10 @@ def pod(name: str) -> dict[str, Any]:
                                      "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}}
 
 
-async def timed_calls(name: str, size: int, count: int, concurrency: int,
+async def timed_calls(client: Client, name: str, size: int, count: int, concurrency: int,
                       make_call: Callable[[int], Awaitable[Any]], note: str = "") -> Result:
-    """Run make_call(0..count-1) with `concurrency` in flight; one latency per call."""
+    """Run make_call(0..count-1) with `concurrency` in flight; one latency per call, and the CPU
+    the server and etcd spent meanwhile."""
     result = Result(name, size, concurrency=concurrency, note=note)
     queue = iter(range(count))
 
@@ -143,9 +167,11 @@ async def timed_calls(name: str, size: int, count: int, concurrency: int,
                 continue
             result.latencies.append(time.perf_counter() - start)
 
-    start = time.perf_counter()
+    cpu_before, start = client.cpu(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     result.wall = time.perf_counter() - start
+    cpu_after = client.cpu()
+    result.server_cpu, result.etcd_cpu = (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1])
     return result
 
 
@@ -155,14 +181,14 @@ PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
 
 
 async def create_pods(client: Client, start: int, size: int, concurrency: int) -> Result:
-    return await timed_calls("create pod", size, size - start, concurrency,
+    return await timed_calls(client, "create pod", size, size - start, concurrency,
                              lambda i: client.call("POST", PODS, pod(f"pod-{start + i:05d}")),
                              note=f"pods {start:,}..{size:,}")
 
 
 async def get_pods(client: Client, size: int, count: int, concurrency: int) -> Result:
     rng = random.Random(size)
-    return await timed_calls("get pod", size, count, concurrency,
+    return await timed_calls(client, "get pod", size, count, concurrency,
                              lambda _: client.call("GET", f"{PODS}/pod-{rng.randrange(size):05d}"))
 
 
@@ -173,7 +199,7 @@ async def patch_pods(client: Client, size: int, count: int, concurrency: int) ->
         body = {"metadata": {"labels": {"iteration": str(i)}}}
         return client.call("PATCH", f"{PODS}/pod-{rng.randrange(size):05d}", body,
                            content_type="application/merge-patch+json")
-    return await timed_calls("patch pod (merge)", size, count, concurrency, patch)
+    return await timed_calls(client, "patch pod (merge)", size, count, concurrency, patch)
 
 
 async def list_all_pages(client: Client, path: str, limit: int, accept: str | None = None) -> int:
@@ -204,10 +230,11 @@ async def list_pods(client: Client, size: int, repeat: int) -> list[Result]:
         await client.call("GET", f"{PODS}?labelSelector=shard%3D3")
 
     return [
-        await timed_calls("list pods (one response)", size, repeat, 1, whole),
-        await timed_calls("list pods (limit=500 pages)", size, repeat, 1, paged, "whole walk"),
-        await timed_calls("list pods as Table (kubectl get)", size, repeat, 1, table, "whole walk"),
-        await timed_calls("list pods labelSelector shard=3", size, repeat, 1, selected, "~10 % match"),
+        await timed_calls(client, "list pods (one response)", size, repeat, 1, whole),
+        await timed_calls(client, "list pods (limit=500 pages)", size, repeat, 1, paged, "whole walk"),
+        await timed_calls(client, "list pods as Table (kubectl get)", size, repeat, 1, table, "whole walk"),
+        await timed_calls(client, "list pods labelSelector shard=3", size, repeat, 1, selected,
+                          "~10 % match"),
     ]
 
 
@@ -246,8 +273,10 @@ async def watch_fanout(client: Client, server: ApiServerProcess, size: int, watc
     tasks = [asyncio.ensure_future(w.run(session, client, rv)) for w in streams]
     try:
         await asyncio.wait_for(asyncio.gather(*(w.ready.wait() for w in streams)), 60)
+        cpu_before = client.cpu()
         acks = await _write_events(client, events)
         await _wait_delivered(streams, acks, timeout=60)
+        cpu_after = client.cpu()
     finally:
         for task in tasks:
             task.cancel()
@@ -263,6 +292,9 @@ async def watch_fanout(client: Client, server: ApiServerProcess, size: int, watc
             else:
                 missing += 1
     result.errors, result.wall = missing, 0.0
+    # CPU per delivered event (one write fanned out to every watcher)
+    result.server_cpu = (cpu_after[0] - cpu_before[0])
+    result.etcd_cpu = (cpu_after[1] - cpu_before[1])
     return result
 
 
@@ -311,10 +343,12 @@ async def measure(server: ApiServerProcess, opts: Options) -> list[Result]:
             results.append(await get_pods(client, size, opts.gets, opts.concurrency))
             results.append(await get_pods(client, size, opts.gets // 4, 1))
             results.append(await patch_pods(client, size, opts.patches, opts.concurrency))
+            results.append(await patch_pods(client, size, opts.patches // 2, 1))
             results.extend(await list_pods(client, size, opts.list_repeat))
             results.append(await watch_fanout(client, server, size, opts.watchers, opts.watch_events))
-            for r in results[-8:]:
-                print("  " + r.row(), file=sys.stderr)
+            for r in results:
+                if r.size == size:
+                    print("  " + r.row(), file=sys.stderr)
     finally:
         await client.close()
     return results
@@ -343,18 +377,24 @@ def rss_mib(pid: int) -> float:
 # ------------------------------------------------------------------------------------ the report
 
 
-def worst(results: list[Result], names: tuple[str, ...], size: int | None = None) -> float:
+def worst(results: list[Result], names: tuple[str, ...], size: int | None = None,
+          concurrency: int | None = None) -> float:
     values = [percentile(r.latencies, 99) for r in results
-              if r.name in names and r.latencies and (size is None or r.size == size)]
+              if r.name in names and r.latencies and (size is None or r.size == size)
+              and (concurrency is None or r.concurrency == concurrency)]
     return max(values) if values else float("nan")
 
 
-def slo_table(results: list[Result], largest: int) -> list[str]:
+def slo_table(results: list[Result], largest: int, concurrency: int) -> list[str]:
     single = ("get pod",)
     mutating = ("create pod", "patch pod (merge)")
     lists = ("list pods (one response)", "list pods (limit=500 pages)", "list pods as Table (kubectl get)")
-    rows = [("mutating single-object calls, p99", worst(results, mutating), 1.0, 0.050),
-            ("single-object reads, p99", worst(results, single), 1.0, 0.050),
+    rows = [("mutating single-object calls, p99, 1 in flight", worst(results, mutating, None, 1), 1.0, 0.050),
+            (f"mutating single-object calls, p99, {concurrency} in flight",
+             worst(results, mutating, None, concurrency), 1.0, 0.050),
+            ("single-object reads, p99, 1 in flight", worst(results, single, None, 1), 1.0, 0.050),
+            (f"single-object reads, p99, {concurrency} in flight", worst(results, single, None, concurrency),
+             1.0, 0.050),
             (f"list of {largest:,} pods, p99", worst(results, lists, largest), 30.0, 1.0)]
     lines = ["| SLI | measured | Kubernetes SLO | podnet goal | verdict |", "|---|---|---|---|---|"]
     for name, value, slo, goal in rows:
@@ -378,10 +418,10 @@ def machine_facts(argv: list[str], server_rss: float) -> list[str]:
     ]
 
 
-def render(results: list[Result], argv: list[str], server_rss: float) -> str:
+def render(results: list[Result], argv: list[str], server_rss: float, concurrency: int) -> str:
     largest = max(r.size for r in results)
     header = ("| operation | pods stored | calls | in flight | p50 ms | p99 ms | max ms | calls/s | "
-              "errors | note |")
+              "apiserver CPU ms/call | etcd CPU ms/call | errors | note |")
     return "\n".join([
         "## API server: latency and throughput",
         "",
@@ -390,14 +430,16 @@ def render(results: list[Result], argv: list[str], server_rss: float) -> str:
         "keep-alive connections) on the same 2-core machine, so client and server share the CPUs.  "
         "Latency is per call as the client sees it (request sent to body read).  Watch fan-out "
         "delay is, per (watcher, event), the arrival of the event minus the moment the writer got "
-        "its response.",
+        "its response.  CPU columns: CPU time the apiserver / etcd processes used during the "
+        "phase divided by its calls (for the fan-out row: by delivered events); they include "
+        "background work such as the watch cache and etcd's own timers.",
         "",
         *machine_facts(argv, server_rss),
         "",
-        *slo_table(results, largest),
+        *slo_table(results, largest, concurrency),
         "",
         header,
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *(r.row() for r in results),
     ])
 
@@ -433,7 +475,7 @@ def main(argv: list[str] | None = None) -> None:
             running_server(Path(work)) as server:
         results = asyncio.run(measure(server, opts))
         rss = rss_mib(server.proc.pid) if server.proc else float("nan")
-    section = render(results, argv, rss)
+    section = render(results, argv, rss, opts.concurrency)
     print(section)
     if args.write:
         write_section(Path(args.write), section)
