@@ -38,6 +38,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Readable without credentials, as upstream's system:public-info-viewer role grants.
 PUBLIC_PATHS = ("/healthz", "/livez", "/readyz", "/version")
 HEALTH_TIMEOUT = 2.0
+# Status reasons for errors aiohttp raises itself (e.g. a body over client_max_size)
+HTTP_REASONS = {413: "RequestEntityTooLarge", 415: "UnsupportedMediaType", 429: "TooManyRequests",
+                503: "ServiceUnavailable", 504: "Timeout"}
 
 
 def _is_public(path: str) -> bool:
@@ -74,11 +77,14 @@ async def status_errors(request: web.Request, handler: Handler) -> web.StreamRes
     try:
         return await handler(request)
     except web.HTTPException as e:
+        if e.status < 400:
+            raise
         if e.status == 404:
             return error_response(errors.not_found_path())
         if e.status == 405:
             return error_response(errors.method_not_allowed(request.method))
-        raise
+        reason = HTTP_REASONS.get(e.status, "InternalError" if e.status >= 500 else "BadRequest")
+        return error_response(errors.ApiError(e.status, reason, e.text or e.reason))
     except asyncio.CancelledError:
         raise
     except Exception as e:

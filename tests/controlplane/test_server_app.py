@@ -255,6 +255,11 @@ def test_dry_run_and_bad_bodies() -> None:
         assert_status(body, 400, "BadRequest")
         status, body = await call(client, "GET", f"{NS}/pods?fieldSelector=spec.bogus=1")
         assert_status(body, 400, "BadRequest")
+        huge = {**cm("huge"), "data": {"a": "x" * (9 * 1024 * 1024)}}
+        status, body = await call(client, "POST", f"{NS}/configmaps", huge)
+        assert_status(body, 413, "RequestEntityTooLarge")
+        status, body = await call(client, "PUT", "/api/v1/namespaces/default/pods")
+        assert_status(body, 405, "MethodNotAllowed")
 
     serve(scenario)
 
