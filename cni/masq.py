@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 
 from cni import skel
-from podnet.errors import PodnetError
+from podnet.errors import ExecError, PodnetError
 from podnet.xtables import nft
 
 FAMILY = "inet"
@@ -72,15 +72,41 @@ def elements(network: str, container_id: str, ifname: str, ips: list[str]) -> li
 
 def setup(network: str, container_id: str, ifname: str, ips: list[str], *,
           backend: nft.Backend | None = None) -> None:
-    """Masquerade traffic from `ips` (container CIDRs) leaving their subnets: one listing, then
-    one transaction adding what is missing."""
+    """Masquerade traffic from `ips` (container CIDRs) leaving their subnets.
+
+    Fast path: one blind `create element` transaction (one nft exec, ~3.5 ms less than listing
+    first).  It succeeds only when the table and its sets exist and none of the keys does; any
+    other state (first pod on the host, an address another attachment still holds, a re-ADD)
+    fails it atomically and falls back to `ensure` (list, then add what is missing or take it
+    over).  The price: an ADD on the fast path does not check the postrouting rules, so a chain
+    flushed behind our back is repaired by the next ADD that falls back, and CHECK reports it.
+    """
     wanted = elements(network, container_id, ifname, ips)
     if not wanted:
         return
+    owned_table = table(backend)
     try:
-        table(backend).ensure(wanted, nft.owned_by(network, container_id, ifname))
+        if not _create_new(owned_table, wanted):
+            owned_table.ensure(wanted, nft.owned_by(network, container_id, ifname))
     except PodnetError as exc:
         raise skel.CniError(skel.INTERNAL, f"ipMasq setup failed: {exc}") from exc
+
+
+def _create_new(owned_table: nft.OwnedTable, wanted: list[nft.Element]) -> bool:
+    """Add `wanted` in one transaction that fails unless every set exists and no key does
+    (`create` is NLM_F_EXCL); False when it failed for one of those two reasons.  Under the
+    table lock: a DEL deleting the table after its own listing must not drop our elements."""
+    script = "".join("create" + el.add_line(FAMILY, TABLE).removeprefix("add") + "\n"
+                     for el in wanted)
+    backend = owned_table.backend
+    with backend.lock(FAMILY, TABLE):
+        try:
+            backend.apply(script)
+        except ExecError as exc:
+            if nft.ENOENT_TEXT in exc.stderr or nft.EEXIST_TEXT in exc.stderr:
+                return False
+            raise
+    return True
 
 
 def teardown(network: str, container_id: str, ifname: str, ips: list[str], *,

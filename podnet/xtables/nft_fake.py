@@ -202,6 +202,13 @@ class _Command:
             elif old[0] != value:
                 raise _fail("File exists", self.line)
 
+    def _create_element(self) -> None:
+        """`create element` is `add element` failing on any existing key (NLM_F_EXCL)."""
+        target = self._existing_set()
+        if any(key in target.elements for key, _comment, _value in parse_elements(self.body)):
+            raise _fail("File exists", self.line)
+        self._add_element()
+
     def _delete_element(self) -> None:
         target = self._existing_set()
         for key, _comment, _value in parse_elements(self.body):
