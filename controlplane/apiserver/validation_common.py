@@ -181,6 +181,28 @@ def validate_object_meta(meta: Obj, name_check: NameCheck, namespaced: bool, c: 
     validate_annotations(meta.get("annotations"), "metadata.annotations", c)
     for i, finalizer in enumerate(as_list(meta.get("finalizers"))):
         c.invalid_each(f"metadata.finalizers[{i}]", finalizer, is_qualified_name(str(finalizer)))
+    validate_owner_references(meta.get("ownerReferences"), c)
+
+
+def validate_owner_references(refs: Any, c: Causes) -> None:
+    """ValidateOwnerReferences: every reference complete; at most one controller reference."""
+    field = "metadata.ownerReferences"
+    controller = ""
+    for ref in as_list(refs):
+        ref = as_map(ref)
+        version = as_str(ref.get("apiVersion")).rpartition("/")[2]
+        for key, value, what in (("apiVersion", version, "version"), ("kind", ref.get("kind"), "kind"),
+                                 ("name", ref.get("name"), "name"), ("uid", ref.get("uid"), "uid")):
+            if not value:
+                c.invalid(f"{field}.{key}", ref.get(key, ""), f"{what} must not be empty")
+        if ref.get("controller") is True:
+            current = f"{ref.get('kind', '')}/{ref.get('name', '')}"
+            if controller:
+                c.invalid(field, GoValue("[]v1.OwnerReference{...}"),
+                          'Only one reference can have Controller set to true. Found "true" in references '
+                          f"for {controller} and {current}")
+            else:
+                controller = current
 
 
 def validate_label_selector(selector: Any, field: str, c: Causes) -> None:

@@ -471,3 +471,16 @@ def test_data_size_limits() -> None:
     secret = {"metadata": {"name": "s"}, "data": {"a": "QUFB" * (400 * 1024)}}
     assert _check("", "Secret", secret) == [
         ("data", "FieldValueTooLong", "Too long: must have at most 1048576 bytes")]
+
+
+def test_owner_references() -> None:
+    owner = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "u1", "controller": True}
+    pod = _pod()
+    pod["metadata"]["ownerReferences"] = [owner]
+    assert _check("", "Pod", pod) == []
+    pod["metadata"]["ownerReferences"] = [owner, {**owner, "name": "rs2", "uid": "u2"}, {"kind": "X"}]
+    causes = _check("", "Pod", pod)
+    refs = "metadata.ownerReferences"
+    assert [f for f, _, _ in causes] == [refs, f"{refs}.apiVersion", f"{refs}.name", f"{refs}.uid"]
+    assert causes[0][2].endswith('Found "true" in references for ReplicaSet/rs and ReplicaSet/rs2')
+    assert causes[3][2] == 'Invalid value: "": uid must not be empty'
