@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 
 from cni import skel
-from podnet.errors import ExecError, PodnetError
+from podnet.errors import PodnetError
 from podnet.xtables import nft
 
 FAMILY = "inet"
@@ -86,27 +86,10 @@ def setup(network: str, container_id: str, ifname: str, ips: list[str], *,
         return
     owned_table = table(backend)
     try:
-        if not _create_new(owned_table, wanted):
+        if not owned_table.create_new(wanted):
             owned_table.ensure(wanted, nft.owned_by(network, container_id, ifname))
     except PodnetError as exc:
         raise skel.CniError(skel.INTERNAL, f"ipMasq setup failed: {exc}") from exc
-
-
-def _create_new(owned_table: nft.OwnedTable, wanted: list[nft.Element]) -> bool:
-    """Add `wanted` in one transaction that fails unless every set exists and no key does
-    (`create` is NLM_F_EXCL); False when it failed for one of those two reasons.  Under the
-    table lock: a DEL deleting the table after its own listing must not drop our elements."""
-    script = "".join("create" + el.add_line(FAMILY, TABLE).removeprefix("add") + "\n"
-                     for el in wanted)
-    backend = owned_table.backend
-    with backend.lock(FAMILY, TABLE):
-        try:
-            backend.apply(script)
-        except ExecError as exc:
-            if nft.ENOENT_TEXT in exc.stderr or nft.EEXIST_TEXT in exc.stderr:
-                return False
-            raise
-    return True
 
 
 def teardown(network: str, container_id: str, ifname: str, ips: list[str], *,

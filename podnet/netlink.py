@@ -545,6 +545,21 @@ class Netlink:
             if exc.errno not in _GONE:
                 raise NetlinkFailure("delete route", exc.errno or 0, exc.strerror or "") from exc
 
+    def get_route(self, dst: str) -> Route | None:
+        """`ip route get <dst>`: the route the kernel would use for `dst` (its oif, gateway), or
+        None when `dst` is unreachable."""
+        addr = ipaddress.ip_address(dst)
+        family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
+        body = rtnl.rtmsg(family, addr.max_prefixlen, table=0) + rtnl.attr(rtnl.RTA_DST, addr.packed)
+        try:
+            msgs = self._sock.request(rtnl.RTM_GETROUTE, body)
+        except RtnlError as exc:
+            if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EINVAL):
+                return None
+            raise NetlinkFailure(f"get route {dst}", exc.errno or 0, exc.strerror or "") from exc
+        routes = rtnl.payloads_of(msgs, rtnl.RTM_NEWROUTE)
+        return parse_route(routes[0]) if routes else None
+
     def list_routes(self, family: int = 2, table: int | None = 254) -> list[Route]:
         """Routes of one family (2 = IPv4, 10 = IPv6) in `table` (main by default; None = all)."""
         msgs = self._dump("list routes", rtnl.RTM_GETROUTE, rtnl.rtmsg(family, table=0))

@@ -278,6 +278,23 @@ class OwnedTable:
             if lines:
                 self.backend.apply("\n".join(lines) + "\n")
 
+    def create_new(self, desired: Sequence[Element]) -> bool:
+        """ADD's fast path: one blind transaction of `create element` lines (NLM_F_EXCL), no
+        listing.  True when it applied; False when it failed atomically because the table or a
+        set is missing or a key already exists, and the caller falls back to `ensure`.  It does
+        not check the skeleton's rules (that needs the listing this skips)."""
+        script = "".join("create" + el.add_line(self.family, self.name).removeprefix("add") + "\n"
+                         for el in desired)
+        # Locked: a DEL that saw an almost empty table must not delete it under our elements.
+        with self.backend.lock(self.family, self.name):
+            try:
+                self.backend.apply(script)
+            except ExecError as exc:
+                if ENOENT_TEXT in exc.stderr or EEXIST_TEXT in exc.stderr:
+                    return False
+                raise
+        return True
+
     def remove(self, doomed: Callable[[Element], bool]) -> list[Element]:
         """Delete the elements `doomed` selects (one transaction); drop the table when nothing
         else is left in it.  Succeeds when the table or the elements are already gone."""
