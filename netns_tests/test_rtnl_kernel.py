@@ -225,6 +225,9 @@ def test_routes_replace_add_delete_list(topo: Topology) -> None:
         assert "10.7.0.0/16" in [r.dst for r in nl.list_routes(table=None)]
         nl.add_route("fd00:8::/64", gateway="fd00:9::fe", dev="rbr0")
         assert "fd00:8::/64" in [r.dst for r in nl.list_routes(family=10)]
+        via = nl.get_route("10.8.1.1")
+        assert via is not None and (via.gateway, via.oif) == ("10.9.0.253", nl.require_link("rbr0").index)
+        assert nl.get_route("fd00:8::1") is not None
         shown = ip_json(ns, "route", "show", "10.8.0.0/16")
         assert shown[0].get("protocol", "boot") == "boot"  # ip -j omits the default
         for dst, table in (("10.8.0.0/16", None), ("0.0.0.0/0", None), ("10.7.0.0/16", 100),
@@ -236,6 +239,7 @@ def test_routes_replace_add_delete_list(topo: Topology) -> None:
                     if r.dst in ("10.8.0.0/16", "0.0.0.0/0", "10.7.0.0/16")]
         with pytest.raises(NotFound):
             nl.add_route("10.5.0.0/16", dev="nope0")
+        assert nl.get_route("10.5.0.1") is None  # no default route left: unreachable
 
 
 def test_socket_stays_in_the_namespace_it_was_opened_in(topo: Topology) -> None:
