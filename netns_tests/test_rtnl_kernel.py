@@ -256,6 +256,18 @@ def test_socket_stays_in_the_namespace_it_was_opened_in(topo: Topology) -> None:
     assert execs.run(["ip", "link", "show", "stay0"], netns=b, check=False).returncode != 0
 
 
+def test_a_thread_starts_in_its_creators_namespace(topo: Topology) -> None:
+    """bridge DEL relies on it: its nft helper thread must act in the host netns it was started
+    from, not in the process's original one."""
+    ns = topo.new_netns("th")
+    seen: list[bool] = []
+    with netns.enter(ns):
+        t = threading.Thread(target=lambda: seen.append(netns.is_own_netns(ns)))
+        t.start()
+        t.join()
+    assert seen == [True]
+
+
 def test_errors_carry_errno_and_kernel_text(topo: Topology) -> None:
     ns = topo.new_netns("er")
     with Netlink.open(ns) as nl:
