@@ -184,3 +184,31 @@ def test_bad_token_file_fails_fast(etcd: EtcdProcess, tmp_path: Path) -> None:
             server.start(timeout=20)
     finally:
         server.cleanup()
+
+
+def test_http_watch_survives_an_etcd_restart(apiserver: ApiServerProcess) -> None:
+    import http.client
+    import json
+
+    path = "/api/v1/namespaces/default/configmaps"
+    rv = apiserver.request("GET", path)[1]["metadata"]["resourceVersion"]
+    conn = http.client.HTTPSConnection("127.0.0.1", apiserver.port, context=apiserver.ssl_context(),
+                                       timeout=40)
+    conn.request("GET", f"{path}?watch=true&resourceVersion={rv}&timeoutSeconds=60",
+                 headers={"Authorization": f"Bearer {apiserver.token}"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    try:
+        apiserver.request("POST", path, {"metadata": {"name": "before"}})
+        assert json.loads(resp.readline())["object"]["metadata"]["name"] == "before"
+        apiserver.etcd.kill()
+        time.sleep(1)
+        apiserver.etcd.restart()
+        deadline = time.monotonic() + 20
+        while apiserver.request("POST", path, {"metadata": {"name": "after"}}, timeout=30)[0] != 201:
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        event = json.loads(resp.readline())
+        assert (event["type"], event["object"]["metadata"]["name"]) == ("ADDED", "after")
+    finally:
+        conn.close()
