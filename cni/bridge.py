@@ -561,13 +561,22 @@ def _result_names(result: types.Result | None, iface: str) -> bool:
 
 def _delete_container_link(netns_path: str, ifname: str) -> None:
     """Our veth in the pod, when the namespace is still there (deleting one end of a veth pair
-    deletes both)."""
+    deletes both).  `unlink` returns once the kernel has unlisted the pair (the name, addresses
+    and bridge port are gone), not after its ~15-20 ms of final teardown (Netlink.unlink)."""
     if not netns_path or not netns.exists(netns_path):
         return
     with suppress(NotFound), Netlink.open(netns_path) as pod:
         link = pod.get_link(ifname)
         if link is not None and link.kind == "veth":
-            pod.delete_link_index(link.index)
+            pod.unlink(link.index)
+
+
+def _delete_host_veth(host_veth: str) -> None:
+    """The host end, when the container end did not take it along (no netns, or a leftover)."""
+    with Netlink.open() as host:
+        link = host.get_link(host_veth)
+        if link is not None:
+            host.unlink(link.index)
 
 
 def _release(conf: BridgeConf, record: attachments.Attachment, *, links: bool,
@@ -595,8 +604,7 @@ def _release(conf: BridgeConf, record: attachments.Attachment, *, links: bool,
     try:
         if links:
             _delete_container_link(container_netns, record.ifname)
-            with Netlink.open() as host:
-                host.delete_link(host_veth)
+            _delete_host_veth(host_veth)
     finally:
         join()
 

@@ -179,6 +179,26 @@ def test_delete_link_by_name_and_index(topo: Topology) -> None:
         assert nl.delete_link_index(link.index) is False
 
 
+def test_unlink_returns_once_the_link_is_unlisted(topo: Topology) -> None:
+    ns = topo.new_netns("ul")
+    with Netlink.open(ns) as nl:
+        br = nl.ensure_bridge("ubr0")
+        nl.add_veth_pair("uv0", "uv1")
+        nl.set_link("uv1", master=br.index, state="up")
+        nl.set_up("uv0")
+        nl.ensure_addr("uv0", "10.9.0.2/24")
+        assert nl.unlink(nl.require_link("uv0").index) is True
+        # Gone from every view at once: both ends, the address, the bridge port; names free.
+        assert nl.get_link("uv0") is None and nl.get_link("uv1") is None
+        assert not [link for link in nl.list_links() if link.master == br.index]
+        assert "10.9.0.2" not in execs.run(["ip", "addr"], netns=ns).stdout
+        nl.add_veth_pair("uv0", "uv1")
+        assert nl.unlink(nl.require_link("uv1").index) is True
+        assert nl.unlink(99999) is False  # already gone
+        with pytest.raises(NetlinkFailure):
+            nl.unlink(nl.require_link("lo").index)  # the kernel refuses: the error comes through
+
+
 def test_addresses_v4_and_v6(topo: Topology) -> None:
     ns = topo.new_netns("ad")
     with Netlink.open(ns) as nl:

@@ -20,6 +20,7 @@ import os
 import select
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -476,6 +477,83 @@ class Netlink:
                 return False
             raise NetlinkFailure(f"delete link {what}", exc.errno or 0, exc.strerror or "") from exc
         return True
+
+    def unlink(self, index: int, timeout: float = 30.0) -> bool:
+        """Delete link `index`, returning once the kernel has unlisted it; False when it was
+        already gone.
+
+        An RTM_DELLINK request returns only after the kernel's final teardown (RCU barriers and
+        reference waits, ~15-20 ms for a veth), but the kernel sends its RTM_DELLINK event
+        earlier: after the NETDEV_UNREGISTER notifiers, i.e. once the link has left the
+        namespace with its addresses, routes and bridge-port membership and its name is free
+        again (a new link may take it at once).  So a helper thread makes the request on a
+        socket of its own, and this thread waits for that event (or for the helper, which also
+        covers errors and an overflowed event queue).  In a short-lived process the exit still
+        waits for the helper's syscall; in the CNI daemon the DEL answers ~15 ms earlier.
+        """
+        with netns_mod.enter(self._netns):
+            events = rtnl.Socket(groups=RTMGRP_LINK)
+            try:
+                worker_sock = rtnl.Socket()
+            except BaseException:
+                events.close()
+                raise
+        wake_r, wake_w = os.pipe2(os.O_CLOEXEC)
+        outcome: list[BaseException | None] = []
+
+        def delete() -> None:
+            try:
+                worker_sock.ack(rtnl.RTM_DELLINK, rtnl.ifinfomsg(index=index))
+                outcome.append(None)
+            except BaseException as exc:  # handed to the waiting thread
+                outcome.append(exc)
+            finally:
+                worker_sock.close()
+                os.write(wake_w, b"x")
+                os.close(wake_w)
+
+        threading.Thread(target=delete, name=f"unlink-{index}", daemon=True).start()
+        try:
+            if self._wait_unlisted(events, wake_r, index, timeout):
+                return True
+        finally:
+            events.close()
+        try:
+            select.select([wake_r], [], [])  # the helper finished (or the event never came)
+        finally:
+            os.close(wake_r)
+        return self._unlink_outcome(index, outcome)
+
+    @staticmethod
+    def _wait_unlisted(events: rtnl.Socket, wake: int, index: int, timeout: float) -> bool:
+        """True when the RTM_DELLINK event of `index` arrived before the helper finished."""
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            ready = select.select([events.fileno(), wake], [], [], remaining)[0]
+            if wake in ready:
+                return False
+            try:
+                msgs = events.recv_messages(socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            except OSError:  # ENOBUFS: events were lost; the helper's answer decides
+                return False
+            for msg in msgs:
+                if msg.type == rtnl.RTM_DELLINK and rtnl.IFINFOMSG.unpack_from(msg.payload)[2] == index:
+                    return True
+        return False
+
+    @staticmethod
+    def _unlink_outcome(index: int, outcome: list[BaseException | None]) -> bool:
+        exc = outcome[0] if outcome else None
+        if exc is None:
+            return True
+        if isinstance(exc, RtnlError):
+            if exc.errno in _GONE:
+                return False
+            raise NetlinkFailure(f"delete link index {index}", exc.errno or 0,
+                                 exc.strerror or "") from exc
+        raise exc
 
     # ------------------------------------------------------------- addresses
     def list_addrs(self, name: str, family: int | None = None) -> list[str]:
