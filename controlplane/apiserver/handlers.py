@@ -35,7 +35,7 @@ RETURNS_DELETED_OBJECT = frozenset({"pods", "services", "namespaces"})
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=json.dumps(data, separators=(",", ":")), status=status,
+    return web.Response(body=json.dumps(data, separators=(",", ":")).encode(), status=status,
                         content_type="application/json")
 
 

@@ -59,6 +59,13 @@ def wants_table(accept: str | None) -> bool:
     )
 
 
+def prefers_yaml(accept: str | None) -> bool:
+    """Whether the first media range the client names is YAML (curl users; kubectl asks for JSON)."""
+    ranges = parse_accept(accept)
+    return bool(ranges) and ranges[0].mime in (YAML, "application/x-yaml", "text/yaml") \
+        and not ranges[0].params.get("as")
+
+
 def table_version(accept: str | None) -> str:
     """The meta.k8s.io version of the Table the client asked for first (v1 unless only v1beta1)."""
     for r in parse_accept(accept):

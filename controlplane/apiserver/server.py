@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import yaml
 from aiohttp import web
 
 from controlplane.apiserver import (
@@ -21,6 +22,7 @@ from controlplane.apiserver import (
     context,
     discovery,
     errors,
+    negotiation,
     openapi,
     resources,
     routing,
@@ -93,6 +95,22 @@ async def status_errors(request: web.Request, handler: Handler) -> web.StreamRes
             log.exception("%s %s failed", request.method, request.path_qs)
             err = errors.internal(repr(e))
         return error_response(err)
+
+
+@web.middleware
+async def yaml_output(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer YAML when the client prefers it (`Accept: application/yaml`), as upstream can."""
+    resp = await handler(request)
+    if not isinstance(resp, web.Response) or not negotiation.prefers_yaml(request.headers.get("Accept")):
+        return resp
+    if not (resp.content_type or "").startswith("application/json") or not isinstance(resp.body, bytes):
+        return resp
+    text = yaml.safe_dump(json.loads(resp.body), sort_keys=False, default_flow_style=False)
+    out = web.Response(text=text, status=resp.status, content_type="application/yaml")
+    for k, v in resp.headers.items():
+        if k.lower() not in ("content-type", "content-length"):
+            out.headers[k] = v
+    return out
 
 
 @web.middleware
@@ -239,7 +257,7 @@ def resource_handler(handlers: ResourceHandlers) -> Handler:
 def build_app(registry: Any, store: Any, access: Access, *, server_address: str = "127.0.0.1:6443",
               bookmark_interval: float = watch_http.BOOKMARK_INTERVAL) -> web.Application:
     """The API server application over a Registry (objects), its Store (health) and Access (auth)."""
-    app = web.Application(middlewares=[status_errors, authn_authz, admission.reservations],
+    app = web.Application(middlewares=[yaml_output, status_errors, authn_authz, admission.reservations],
                           client_max_size=8 * 1024 * 1024)
     app[context.REGISTRY] = registry
     app[context.STORE] = store

@@ -241,6 +241,19 @@ def test_field_validation_strict_and_warn() -> None:
     serve(scenario)
 
 
+def test_yaml_answers_when_preferred() -> None:
+    async def scenario(client: TestClient, store: FlakyStore) -> None:
+        async with client.get("/api/v1/namespaces/default", headers={**ADMIN, "Accept": "application/yaml"}) \
+                as resp:
+            assert resp.status == 200 and resp.content_type == "application/yaml"
+            assert "kind: Namespace\n" in await resp.text()
+        async with client.get("/api/v1/namespaces/nope", headers={**ADMIN, "Accept": "application/yaml"}) \
+                as resp:
+            assert resp.status == 404 and "reason: NotFound" in await resp.text()
+
+    serve(scenario)
+
+
 def test_dry_run_and_bad_bodies() -> None:
     async def scenario(client: TestClient, store: FlakyStore) -> None:
         status, _ = await call(client, "POST", f"{NS}/configmaps?dryRun=All", cm("dry"))

@@ -107,6 +107,13 @@ def test_protobuf_errors_are_415() -> None:
     assert e.value.code == 415 and e.value.reason == "UnsupportedMediaType"
 
 
+def test_yaml_preference() -> None:
+    assert negotiation.prefers_yaml("application/yaml")
+    assert negotiation.prefers_yaml("application/yaml, application/json")
+    assert not negotiation.prefers_yaml("application/json, application/yaml")
+    assert not negotiation.prefers_yaml(None)
+
+
 def test_accept_parsing_keeps_params() -> None:
     ranges = negotiation.parse_accept("application/json;as=Table;v=v1;g=meta.k8s.io, */*")
     assert ranges[0].mime == "application/json" and ranges[0].params["as"] == "Table"
