@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -52,6 +53,35 @@ def error_event(err: ApiError) -> dict[str, Any]:
 
 def encode(event: dict[str, Any]) -> bytes:
     return json.dumps(event, separators=(",", ":")).encode() + b"\n"
+
+
+class EncodedEvents:
+    """Encode each watch-cache event once for all its watchers (upstream's cachingObject idea).
+
+    Watchers of one resource receive the same cached object, so the bytes are keyed by the event
+    type and the object's identity; the entry holds the object itself, so its id cannot be reused
+    while cached.  Cached objects are shared and never mutated, which is what makes this sound.
+    """
+
+    def __init__(self, size: int = 2048) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple[str, int], tuple[object, bytes]] = OrderedDict()
+
+    def encode(self, event: dict[str, Any]) -> bytes:
+        obj = event.get("object")
+        key = (str(event.get("type")), id(obj))
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] is obj:
+            self._entries.move_to_end(key)
+            return hit[1]
+        data = encode(event)
+        self._entries[key] = (obj, data)
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return data
+
+
+ENCODED = EncodedEvents()
 
 
 class _Pump:
@@ -158,7 +188,7 @@ class _Stream:
                 break
             assert isinstance(item, dict)
             self.last_rv = _event_rv(item) or self.last_rv
-            chunks.append(encode(self.transform(item) if self.transform else item))
+            chunks.append(encode(self.transform(item)) if self.transform else ENCODED.encode(item))
         if chunks:
             await self.resp.write(b"".join(chunks))
         return going
