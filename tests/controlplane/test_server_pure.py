@@ -261,3 +261,17 @@ def test_every_served_kind_has_a_field_table() -> None:
     from controlplane.apiserver import fieldvalidation, resources
 
     assert {r.kind for r in resources.RESOURCES} <= set(fieldvalidation.TOP_LEVEL)
+
+
+def test_watch_events_encoded_once_per_object() -> None:
+    from controlplane.apiserver.watch_http import EncodedEvents
+
+    cache = EncodedEvents(size=2)
+    obj = {"metadata": {"name": "a", "resourceVersion": "5"}}
+    first = cache.encode({"type": "ADDED", "object": obj})
+    assert cache.encode({"type": "ADDED", "object": obj}) is first
+    assert first == b'{"type":"ADDED","object":{"metadata":{"name":"a","resourceVersion":"5"}}}\n'
+    assert cache.encode({"type": "DELETED", "object": obj}) != first
+    other = {"metadata": {"name": "b"}}
+    assert b'"b"' in cache.encode({"type": "ADDED", "object": other})
+    assert len(cache._entries) == 2  # bounded
