@@ -58,6 +58,10 @@ class ResourceHandlers:
         method = request.method.upper()
         if target.subresource:
             return await self._subresource(request, target, method)
+        verb = routing.verb_for(method, target, parse_bool(request.query.get("watch")))
+        if not target.resource.has_verb(verb):
+            # e.g. GET on selfsubjectaccessreviews, DELETE on the namespaces collection
+            raise errors.method_not_allowed(method, target.resource.plural)
         if target.is_collection:
             if method in ("GET", "HEAD"):
                 return await self.list_or_watch(request, target)
@@ -205,8 +209,6 @@ class ResourceHandlers:
         return json_response(obj)
 
     async def delete_collection(self, request: web.Request, t: Target) -> web.Response:
-        if not t.resource.has_verb("deletecollection"):
-            raise errors.method_not_allowed("DELETE", t.resource.plural)
         opts = delete_options(request, await read_optional_body(request))
         label_sel, field_sel = self.selectors(request, t.resource)
         listed = await self.registry.list(t.resource, t.namespace, label_selector=label_sel,
@@ -332,4 +334,3 @@ def check_name(obj: JsonObj, url_name: str) -> None:
     obj["metadata"]["name"] = url_name
 
 
-__all__ = ["ResourceHandlers", "json_response", "routing"]

@@ -520,3 +520,58 @@ def test_kubernetes_service_bootstrap_is_idempotent() -> None:
             await registry.stop()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_delete_options_collections_and_query_errors() -> None:
+    async def scenario(client: TestClient, store: FlakyStore) -> None:
+        for i in range(3):
+            labelled = {**cm(f"d{i}"), "metadata": {"name": f"d{i}", "labels": {"x": "y"}}}
+            await call(client, "POST", f"{NS}/configmaps", labelled)
+        await call(client, "POST", f"{NS}/configmaps", cm("keep"))
+        status, body = await call(client, "DELETE", f"{NS}/configmaps?labelSelector=x%3Dy")
+        assert status == 200 and body["kind"] == "ConfigMapList" and len(body["items"]) == 3
+        _, left = await call(client, "GET", f"{NS}/configmaps")
+        assert [o["metadata"]["name"] for o in left["items"]] == ["keep"]
+        status, body = await call(client, "DELETE", "/api/v1/namespaces")
+        assert_status(body, 405, "MethodNotAllowed")
+        status, body = await call(client, "DELETE", f"{NS}/configmaps/keep?propagationPolicy=Sideways")
+        assert_status(body, 400, "BadRequest")
+        status, body = await call(client, "POST", f"{NS}/configmaps?dryRun=Some", cm("x"))
+        assert_status(body, 400, "BadRequest")
+        status, body = await call(client, "GET", f"{NS}/configmaps?includeObject=All", headers=TABLE)
+        assert_status(body, 400, "BadRequest")
+        status, body = await call(client, "GET", f"{NS}/configmaps?limit=many")
+        assert_status(body, 400, "BadRequest")
+        # a pod bound to a node is deleted gracefully (kept with deletionTimestamp) unless grace 0
+        await call(client, "POST", f"{NS}/pods", {**pod("g"), "spec": {**pod("g")["spec"], "nodeName": "n1"}})
+        status, body = await call(client, "DELETE", f"{NS}/pods/g")
+        assert status == 200 and body["metadata"]["deletionTimestamp"]
+        status, body = await call(client, "DELETE", f"{NS}/pods/g?gracePeriodSeconds=0")
+        assert status == 200
+        assert (await call(client, "GET", f"{NS}/pods/g"))[0] == 404
+
+    serve(scenario)
+
+
+def test_scale_put_and_deployment_selector() -> None:
+    async def scenario(client: TestClient, store: FlakyStore) -> None:
+        deploy = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+                  "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "d"}},
+                           "template": {"metadata": {"labels": {"app": "d"}},
+                                        "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}}
+        path = "/apis/apps/v1/namespaces/default/deployments/d"
+        assert (await call(client, "POST", "/apis/apps/v1/namespaces/default/deployments", deploy))[0] == 201
+        _, scale = await call(client, "GET", f"{path}/scale")
+        assert scale["status"]["selector"] == "app=d" and scale["spec"]["replicas"] == 2
+        scale["spec"]["replicas"] = 5
+        status, body = await call(client, "PUT", f"{path}/scale", scale)
+        assert status == 200 and body["spec"]["replicas"] == 5
+        status, body = await call(client, "PUT", f"{path}/scale", scale)  # stale resourceVersion
+        assert_status(body, 409, "Conflict")
+        status, body = await call(client, "PATCH", f"{path}/scale", {"spec": {"replicas": -1}},
+                                  content_type="application/merge-patch+json")
+        assert_status(body, 422, "Invalid")
+        status, body = await call(client, "GET", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews")
+        assert status == 405
+
+    serve(scenario)
