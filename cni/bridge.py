@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -34,7 +33,7 @@ from typing import Any
 from cni import attachments, delegate, skel, types
 from podnet import names, netns, sysctl
 from podnet.errors import AlreadyExists, NetlinkFailure, NotFound, PodnetError
-from podnet.netlink import Link, Netlink, netns_fd
+from podnet.netlink import AF_INET, AF_INET6, Link, Netlink, netns_fd
 
 DEFAULT_BRIDGE = "cni0"
 LOCK_DIR = "/run/podnet/locks"
@@ -321,7 +320,7 @@ def ensure_bridge_addr(host: Netlink, iface: str, cidr: str, force: bool) -> Non
     """The gateway address on the bridge (reference ensureAddr): another IPv4 address, or an
     overlapping IPv6 one, is a conflict unless forceAddress replaces it."""
     want = ipaddress.ip_interface(cidr)
-    family = socket.AF_INET if want.version == 4 else socket.AF_INET6
+    family = AF_INET if want.version == 4 else AF_INET6
     for have_s in host.list_addrs(iface, family=family):
         have = ipaddress.ip_interface(have_s)
         if have == want:
@@ -693,7 +692,7 @@ def _check_container(req: skel.Request, prev: types.Result, index: int) -> Link:
 
 def _check_route(pod: Netlink, route: dict[str, Any]) -> None:
     dst = ipaddress.ip_network(route["dst"], strict=False)
-    family = socket.AF_INET if dst.version == 4 else socket.AF_INET6
+    family = AF_INET if dst.version == 4 else AF_INET6
     for have in pod.list_routes(family=family):
         if ipaddress.ip_network(have.dst, strict=False) != dst:
             continue

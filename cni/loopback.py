@@ -9,11 +9,10 @@ CNI_NETNS is empty or the namespace is already gone.
 from __future__ import annotations
 
 import ipaddress
-import socket
 
 from cni import skel, types
 from podnet.errors import NotFound
-from podnet.netlink import Netlink
+from podnet.netlink import AF_INET, AF_INET6, Netlink
 
 LO = "lo"
 LO_MAC = "00:00:00:00:00:00"
@@ -40,8 +39,8 @@ def cmd_add(req: skel.Request) -> types.Result:
     try:
         with Netlink.open(req.netns) as nl:
             nl.set_up(LO)
-            v4 = nl.list_addrs(LO, family=socket.AF_INET)
-            v6 = nl.list_addrs(LO, family=socket.AF_INET6)
+            v4 = nl.list_addrs(LO, family=AF_INET)
+            v6 = nl.list_addrs(LO, family=AF_INET6)
     except NotFound as exc:
         raise skel.CniError(skel.UNKNOWN_CONTAINER, f"loopback: {exc}") from exc
     require_loopback_only(v4 + v6)

@@ -16,14 +16,13 @@ The socket is bound to the network namespace of the thread that creates it: crea
 
 from __future__ import annotations
 
+import _socket as socket  # not `socket`: its enums cost ~1.5 ms per CNI exec
 import errno as errno_mod
 import os
-import socket
 import struct
 import sys
 from collections.abc import Iterable
 from contextlib import suppress
-from dataclasses import dataclass
 
 # ------------------------------------------------------------------ protocol constants
 NETLINK_ROUTE = 0
@@ -108,14 +107,17 @@ class RtnlError(OSError):
         self.ext_msg = ext_msg
 
 
-@dataclass(frozen=True)
 class Message:
-    """One parsed netlink message: its header fields and payload (fixed header + attributes)."""
+    """One parsed netlink message: its header fields and payload (fixed header + attributes).
+    A plain class: a dataclass costs ~0.5 ms to define, paid by every CNI exec."""
 
-    type: int
-    flags: int
-    seq: int
-    payload: bytes
+    __slots__ = ("flags", "payload", "seq", "type")
+
+    def __init__(self, type: int, flags: int, seq: int, payload: bytes) -> None:
+        self.type, self.flags, self.seq, self.payload = type, flags, seq, payload
+
+    def __repr__(self) -> str:
+        return f"Message(type={self.type}, flags={self.flags:#x}, seq={self.seq}, {len(self.payload)} bytes)"
 
 
 # ------------------------------------------------------------------------- packing
