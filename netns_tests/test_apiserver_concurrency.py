@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -173,7 +174,7 @@ class Writers:
 
     def __init__(self, server: ApiServerProcess, threads: int) -> None:
         self.server = server
-        self.acknowledged: set[str] = set()
+        self.acknowledged: dict[str, int] = {}  # name -> resourceVersion of the create
         self.failures = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -186,12 +187,12 @@ class Writers:
                 return
             name = f"w{index}-{n}"
             try:
-                code, _ = conn.request("POST", CM, {"metadata": {"name": name}, "data": {"n": str(n)}})
+                code, body = conn.request("POST", CM, {"metadata": {"name": name}, "data": {"n": str(n)}})
             except (OSError, http.client.HTTPException):
                 code = 0
             with self._lock:
                 if code == 201:
-                    self.acknowledged.add(name)
+                    self.acknowledged[name] = int(body["metadata"]["resourceVersion"])
                 else:  # 503/504 while etcd is down, refused while the server is down
                     self.failures += 1
             if code != 201:
@@ -220,6 +221,36 @@ class Writers:
                 t.join(15)
 
 
+class StreamWatcher:
+    """A raw HTTP watch (as client-go sends it) read line by line on a thread."""
+
+    def __init__(self, server: ApiServerProcess, path: str) -> None:
+        self.events: list[tuple[str, str, int]] = []  # (type, name, resourceVersion)
+        self._conn = http.client.HTTPSConnection("127.0.0.1", server.port, timeout=120,
+                                                 context=server.ssl_context())
+        self._conn.request("GET", path, headers={"Authorization": f"Bearer {server.token}"})
+        self._resp = self._conn.getresponse()
+        assert self._resp.status == 200
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError, ValueError, AttributeError, http.client.HTTPException):
+            for line in self._resp:
+                event = json.loads(line)
+                meta = event["object"].get("metadata") or {}
+                self.events.append((event["type"], meta.get("name", ""),
+                                    int(meta.get("resourceVersion") or 0)))
+
+    def close(self) -> None:
+        # shutdown (not close) wakes the reader blocked in recv; then the socket can be closed
+        if self._conn.sock is not None:
+            with contextlib.suppress(OSError):
+                self._conn.sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(10)
+        self._conn.close()
+
+
 def test_kill_9_apiserver_then_etcd_loses_nothing_acknowledged(apiserver: ApiServerProcess) -> None:
     etcd = apiserver.etcd
     with Writers(apiserver, threads=4).running() as writers:
@@ -228,6 +259,8 @@ def test_kill_9_apiserver_then_etcd_loses_nothing_acknowledged(apiserver: ApiSer
         time.sleep(0.3)
         apiserver.start()
         writers.wait_for_progress(50)
+        watch_rv = int(apiserver.request("GET", CM + "?limit=1")[1]["metadata"]["resourceVersion"])
+        watcher = StreamWatcher(apiserver, f"{CM}?watch=1&resourceVersion={watch_rv}&timeoutSeconds=120")
         etcd.kill()
         time.sleep(1.0)
         # while etcd is down the server answers quickly with a Status (503/504), never hangs
@@ -241,7 +274,22 @@ def test_kill_9_apiserver_then_etcd_loses_nothing_acknowledged(apiserver: ApiSer
     code, listing = apiserver.request("GET", CM, timeout=30)
     assert code == 200
     stored = {item["metadata"]["name"] for item in listing["items"]}
-    lost = writers.acknowledged - stored
+    lost = set(writers.acknowledged) - stored
     assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {sorted(lost)[:5]}"
     versions = [int(item["metadata"]["resourceVersion"]) for item in listing["items"]]
     assert len(set(versions)) == len(versions)
+
+    # the watch opened before etcd died went on after it came back: every create acknowledged
+    # after the watch's resourceVersion arrives exactly once, in order, and no ERROR (410)
+    expected = {name for name, rv in writers.acknowledged.items() if rv > watch_rv}
+    assert len(expected) >= 50
+    wait_for_events = time.monotonic() + 20
+    while not expected <= {name for _, name, _ in watcher.events} and time.monotonic() < wait_for_events:
+        time.sleep(0.1)
+    watcher.close()
+    assert all(kind == "ADDED" for kind, _, _ in watcher.events), {k for k, _, _ in watcher.events}
+    added = [name for _, name, _ in watcher.events]
+    assert len(added) == len(set(added)), "duplicated watch events after the etcd restart"
+    assert expected <= set(added), f"watch missed {sorted(expected - set(added))[:5]}"
+    rvs = [rv for _, _, rv in watcher.events]
+    assert rvs == sorted(rvs) and rvs[0] > watch_rv
