@@ -504,3 +504,79 @@ def self_subject_access_review(user: User, review: Mapping[str, Any],
     metadata.setdefault("creationTimestamp", None)
     return {"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
             "metadata": metadata, "spec": spec, "status": status}
+
+
+# ---------------------------------------------------------------------------------- impersonation
+
+IMPERSONATE_USER = "Impersonate-User"
+IMPERSONATE_GROUP = "Impersonate-Group"
+IMPERSONATE_UID = "Impersonate-Uid"
+IMPERSONATE_EXTRA_PREFIX = "Impersonate-Extra-"
+
+
+class ImpersonationInvalid(ValueError):
+    """Impersonation headers upstream rejects with 400 BadRequest."""
+
+
+class ImpersonationDenied(Exception):
+    """The requester may not impersonate what it asked for (403 Forbidden); `attrs` is the check
+    that failed, for forbidden_message()."""
+
+    def __init__(self, user: User, attrs: Attributes) -> None:
+        super().__init__(forbidden_message(user, attrs))
+        self.user = user
+        self.attrs = attrs
+
+
+def _header_values(headers: Any, name: str) -> list[str]:
+    getall = getattr(headers, "getall", None)  # aiohttp/multidict: a header may repeat
+    if getall is not None:
+        return [str(v) for v in getall(name, [])]
+    value = headers.get(name)
+    return [value] if value else []
+
+
+def _impersonation_checks(username: str, groups: list[str], uid: str,
+                          extra_keys: list[str]) -> list[Attributes]:
+    """What upstream's impersonation filter authorizes: verb `impersonate` on users (or the
+    serviceaccount), each group, the uid and each extra key."""
+    checks = []
+    if username.startswith(SERVICE_ACCOUNT_PREFIX) and username.count(":") == 3:
+        _, _, namespace, name = username.split(":")
+        checks.append(Attributes("impersonate", resource="serviceaccounts", namespace=namespace, name=name))
+    else:
+        checks.append(Attributes("impersonate", resource="users", name=username))
+    checks += [Attributes("impersonate", resource="groups", name=g) for g in groups]
+    if uid:
+        checks.append(Attributes("impersonate", group="authentication.k8s.io", resource="uids", name=uid))
+    checks += [Attributes("impersonate", group="authentication.k8s.io", resource="userextras",
+                          subresource=key) for key in extra_keys]
+    return checks
+
+
+def impersonate(user: User, headers: Any, decide: Callable[[User, Attributes], Decision]) -> User:
+    """The user a request acts as (`kubectl --as=<user> --as-group=<group>`): `user` itself
+    without Impersonate-* headers.  Raises ImpersonationInvalid (400) for group/uid/extra headers
+    without a user, ImpersonationDenied (403) when RBAC does not grant `impersonate`.  The result
+    gets `system:authenticated` (and a service account its groups), as upstream."""
+    names = _header_values(headers, IMPERSONATE_USER)
+    groups = _header_values(headers, IMPERSONATE_GROUP)
+    uids = _header_values(headers, IMPERSONATE_UID)
+    extra_keys = sorted({k[len(IMPERSONATE_EXTRA_PREFIX):].lower() for k in headers
+                         if k.lower().startswith(IMPERSONATE_EXTRA_PREFIX.lower())})
+    if not names:
+        if groups or uids or extra_keys:
+            raise ImpersonationInvalid("requested impersonation of groups, uid or extra without "
+                                       "impersonating a user")
+        return user
+    for attrs in _impersonation_checks(names[0], groups, uids[0] if uids else "", extra_keys):
+        if not decide(user, attrs).allowed:
+            raise ImpersonationDenied(user, attrs)
+    name = names[0]
+    all_groups = list(groups)
+    if name.startswith(SERVICE_ACCOUNT_PREFIX) and not groups:
+        namespace = name.split(":")[2] if name.count(":") == 3 else ""
+        all_groups = ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"]
+    if name != "system:anonymous" and AUTHENTICATED_GROUP not in all_groups:
+        all_groups.append(AUTHENTICATED_GROUP)
+    return User(name, uids[0] if uids else "", tuple(all_groups))

@@ -259,3 +259,55 @@ def test_store_source_rereads_only_when_the_revision_moves() -> None:
     assert source() is source()
     store.delete("/registry/rolebindings/team/bob-reads")
     assert not authorizer.authorize(BOB, "get", "", "pods", "team", "p")
+
+
+# ---------------------------------------------------------------------------------- impersonation
+
+IMPERSONATOR_OBJECTS = [
+    role("impersonate-nobody", "", [{"apiGroups": [""], "resources": ["users"], "verbs": ["impersonate"],
+                                     "resourceNames": ["nobody"]},
+                                    {"apiGroups": [""], "resources": ["groups"], "verbs": ["impersonate"],
+                                     "resourceNames": ["devs"]}]),
+    binding("bob-impersonates", "", "ClusterRole", "impersonate-nobody", [{"kind": "User", "name": "bob"}]),
+]
+
+
+def test_no_impersonation_headers_keep_the_user() -> None:
+    assert auth.impersonate(BOB, {"Accept": "x"}, Authorizer().decide) is BOB
+
+
+def test_masters_impersonate_anyone() -> None:
+    user = auth.impersonate(ADMIN, {"Impersonate-User": "nobody"}, Authorizer().decide)
+    assert user == User("nobody", "", ("system:authenticated",))
+    sa = auth.impersonate(ADMIN, {"Impersonate-User": "system:serviceaccount:kube-system:sched"},
+                          Authorizer().decide)
+    assert sa.groups == ("system:serviceaccounts", "system:serviceaccounts:kube-system",
+                         "system:authenticated")
+
+
+def test_impersonation_needs_the_impersonate_verb() -> None:
+    decide = Authorizer(auth.static_source(IMPERSONATOR_OBJECTS)).decide
+    as_nobody = auth.impersonate(BOB, {"Impersonate-User": "nobody", "Impersonate-Group": "devs"}, decide)
+    assert as_nobody == User("nobody", "", ("devs", "system:authenticated"))
+    with pytest.raises(auth.ImpersonationDenied) as denied:
+        auth.impersonate(BOB, {"Impersonate-User": "admin"}, decide)
+    assert str(denied.value) == ('users "admin" is forbidden: User "bob" cannot impersonate resource '
+                                 '"users" in API group "" at the cluster scope')
+    with pytest.raises(auth.ImpersonationDenied):
+        auth.impersonate(BOB, {"Impersonate-User": "nobody", "Impersonate-Group": "system:masters"}, decide)
+    with pytest.raises(auth.ImpersonationDenied) as extra:
+        auth.impersonate(BOB, {"Impersonate-User": "nobody", "Impersonate-Extra-Scopes": "x"}, decide)
+    assert extra.value.attrs.resource == "userextras" and extra.value.attrs.subresource == "scopes"
+
+
+def test_impersonating_groups_without_a_user_is_a_bad_request() -> None:
+    with pytest.raises(auth.ImpersonationInvalid):
+        auth.impersonate(ADMIN, {"Impersonate-Group": "devs"}, Authorizer().decide)
+
+
+def test_repeated_group_headers_from_aiohttp() -> None:
+    from multidict import CIMultiDict
+
+    headers = CIMultiDict([("Impersonate-User", "nobody"), ("Impersonate-Group", "a"),
+                           ("Impersonate-Group", "b")])
+    assert auth.impersonate(ADMIN, headers, Authorizer().decide).groups == ("a", "b", "system:authenticated")
