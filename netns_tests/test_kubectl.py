@@ -300,3 +300,35 @@ def test_rbac_role_binding_grants_access(kubectl: Kubectl, tmp_path: Path) -> No
     assert kubectl.run("auth", "can-i", "list", "pods", "-n", "default", kubeconfig=nobody,
                        check=False).stdout == "no\n"
     assert kubectl.run("get", "pods", kubeconfig=nobody).returncode == 0
+
+
+def test_impersonation(kubectl: Kubectl, tmp_path: Path) -> None:
+    # admin (system:masters) may impersonate; the answer is nobody's, not admin's
+    assert kubectl.run("auth", "can-i", "delete", "pods", "--as=nobody", check=False).stdout == "no\n"
+    as_nobody = kubectl.run("get", "secrets", "--as=nobody", check=False)
+    assert 'User "nobody" cannot list resource "secrets"' in as_nobody.stderr
+    nobody = kubectl.server.kubeconfig(tmp_path / "nobody", token=kubectl.server.nobody_token)
+    escalate = kubectl.run("get", "pods", "--as=admin", kubeconfig=nobody, check=False)
+    assert escalate.returncode == 1
+    assert escalate.stderr.strip() == ('Error from server (Forbidden): users "admin" is forbidden: User '
+                                       '"nobody" cannot impersonate resource "users" in API group "" at '
+                                       'the cluster scope')
+
+
+def test_typed_create_commands(kubectl: Kubectl) -> None:
+    """The commands kubectl >= 1.32 sends as protobuf (reference B5.6), answered in JSON."""
+    assert kubectl.out("create", "deployment", "d", "--image=nginx") == "deployment.apps/d created\n"
+    assert kubectl.out("create", "service", "clusterip", "s", "--tcp=80:8080") == "service/s created\n"
+    assert kubectl.out("create", "service", "nodeport", "np", "--tcp=80:8080") == "service/np created\n"
+    assert kubectl.out("create", "secret", "generic", "sec", "--from-literal=a=b") == "secret/sec created\n"
+    assert kubectl.out("create", "serviceaccount", "sa") == "serviceaccount/sa created\n"
+    assert kubectl.out("create", "configmap", "cm", "--from-literal=x=y") == "configmap/cm created\n"
+    assert kubectl.out("scale", "deployment", "d", "--replicas=2") == "deployment.apps/d scaled\n"
+    assert kubectl.out("get", "deploy", "d", "-o", "jsonpath={.spec.replicas}") == "2"
+    services = {r[0]: r for r in rows(kubectl.out("get", "svc"))[1:]}
+    assert services["s"][1] == "ClusterIP" and services["s"][2].startswith("10.96.")
+    assert services["np"][1] == "NodePort" and re.fullmatch(r"80:3\d{4}/TCP", services["np"][4])
+    assert kubectl.out("get", "secret", "sec", "-o", "jsonpath={.data.a}") == "Yg=="  # base64("b")
+    applied = kubectl.out("apply", "--server-side", "-f", "-",
+                          stdin="apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ssa}\ndata: {a: b}\n")
+    assert applied == "configmap/ssa serverside-applied\n"

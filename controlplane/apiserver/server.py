@@ -122,6 +122,7 @@ async def authn_authz(request: web.Request, handler: Handler) -> web.StreamRespo
     user = access.authenticate(request)
     if user is None:
         raise errors.unauthorized()
+    user = await _impersonated(access, user, request)
     request[context.USER_KEY] = user
     attrs = auth.request_attributes(request.method, request.path, request.query)
     decision = await access.decide(user, attrs)
@@ -129,6 +130,18 @@ async def authn_authz(request: web.Request, handler: Handler) -> web.StreamRespo
         raise errors.ApiError(403, "Forbidden", auth.forbidden_message(user, attrs, decision.reason),
                               auth.forbidden_details(attrs))
     return await handler(request)
+
+
+async def _impersonated(access: context.Access, user: auth.User, request: web.Request) -> auth.User:
+    """`kubectl --as`: act as the Impersonate-User if RBAC grants the requester `impersonate`."""
+    if not any(k.lower().startswith("impersonate-") for k in request.headers):
+        return user
+    try:
+        return await asyncio.to_thread(auth.impersonate, user, request.headers, access.authorizer.decide)
+    except auth.ImpersonationInvalid as e:
+        raise errors.bad_request(str(e)) from None
+    except auth.ImpersonationDenied as e:
+        raise errors.ApiError(403, "Forbidden", str(e), auth.forbidden_details(e.attrs)) from None
 
 
 # ------------------------------------------------------------------------------ non-resource routes
