@@ -52,7 +52,7 @@ def error_event(err: ApiError) -> dict[str, Any]:
 
 
 def encode(event: dict[str, Any]) -> bytes:
-    return json.dumps(event, separators=(",", ":")).encode() + b"\n"
+    return json.dumps(event, separators=(",", ":"), check_circular=False).encode() + b"\n"
 
 
 class EncodedEvents:
