@@ -267,8 +267,8 @@ class Socket:
         return self._seq
 
     def request(self, msg_type: int, body: bytes, flags: int = 0) -> list[Message]:
-        """Send one request and return its answers: [] for a bare ACK (NLM_F_ACK is added unless
-        the request is a GET, whose answer is the object), RtnlError for an error."""
+        """Send one request and return its answers: the object for a GET, every part for a dump
+        (NLM_F_DUMP), [] for a change sent with NLM_F_ACK (see `ack`); RtnlError for an error."""
         seq = self._send(msg_type, NLM_F_REQUEST | flags, body)
         out: list[Message] = []
         while True:
