@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from controlplane.apiserver import errors, negotiation
 from controlplane.apiserver import patch as patchlib
+from controlplane.apiserver.request_io import dry_run, json_response, with_type_meta
 from controlplane.apiserver.routing import Target
-
-if TYPE_CHECKING:
-    from controlplane.apiserver.handlers import ResourceHandlers
 
 JsonObj = dict[str, Any]
 PatchFn = Callable[[JsonObj], JsonObj]
@@ -91,13 +89,10 @@ def patch_error(e: patchlib.PatchError, name: str) -> errors.ApiError:
                            f"request: {e}")
 
 
-async def patch(handlers: ResourceHandlers, request: web.Request, t: Target) -> web.Response:
+async def patch(registry: Any, request: web.Request, t: Target) -> web.Response:
     """PATCH an item or its status subresource; server-side apply may create (201)."""
-    from controlplane.apiserver.handlers import dry_run, json_response, with_type_meta
-
     apply_to = await patch_function(request, t)
     is_apply = negotiation.media_type(request.headers.get("Content-Type")) == negotiation.APPLY_PATCH
-    registry = handlers.registry
     try:
         updated = await registry.guaranteed_update(
             t.resource, t.namespace, t.name, apply_to, subresource=t.subresource or None,

@@ -29,7 +29,8 @@ from controlplane.apiserver import (
     watch_http,
 )
 from controlplane.apiserver.context import Access
-from controlplane.apiserver.handlers import ResourceHandlers, json_response
+from controlplane.apiserver.handlers import ResourceHandlers
+from controlplane.apiserver.request_io import json_response
 from podnet.errors import AlreadyExists, NotFound
 from podnet.store.base import Compacted, Conflict, StoreUnavailable
 

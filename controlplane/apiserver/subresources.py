@@ -9,15 +9,13 @@ answers 201 with a Success Status, as the scheduler expects (reference B2).
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
-from controlplane.apiserver import auth, context, errors, negotiation
+from controlplane.apiserver import auth, context, errors, negotiation, patching
+from controlplane.apiserver.request_io import dry_run, json_response, read_body
 from controlplane.apiserver.routing import Target
-
-if TYPE_CHECKING:
-    from controlplane.apiserver.handlers import ResourceHandlers
 
 JsonObj = dict[str, Any]
 
@@ -70,13 +68,9 @@ def _apply_replicas(res_plural: str, current: JsonObj, scale: JsonObj, name: str
     return new
 
 
-async def scale(handlers: ResourceHandlers, request: web.Request, t: Target, method: str
-                ) -> web.Response:
+async def scale(registry: Any, request: web.Request, t: Target, method: str) -> web.Response:
     """GET/PUT/PATCH <resource>/<name>/scale."""
-    from controlplane.apiserver.handlers import dry_run, json_response, read_body
-
     plural = t.resource.plural
-    registry = handlers.registry
     if method == "GET":
         return json_response(to_scale(plural, await registry.get(t.resource, t.namespace, t.name)))
     if method == "PUT":
@@ -85,8 +79,6 @@ async def scale(handlers: ResourceHandlers, request: web.Request, t: Target, met
         def mutate(current: JsonObj) -> JsonObj:
             return _apply_replicas(plural, current, body, t.name)
     elif method == "PATCH":
-        from controlplane.apiserver import patching
-
         apply_to = await patching.patch_function(request, t)
 
         def mutate(current: JsonObj) -> JsonObj:
@@ -99,10 +91,8 @@ async def scale(handlers: ResourceHandlers, request: web.Request, t: Target, met
     return json_response(to_scale(plural, updated))
 
 
-async def binding(handlers: ResourceHandlers, request: web.Request, t: Target) -> web.Response:
+async def binding(registry: Any, request: web.Request, t: Target) -> web.Response:
     """POST pods/<name>/binding: bind the pod to target.name once."""
-    from controlplane.apiserver.handlers import dry_run, json_response, read_body
-
     body = negotiation.require_object(await read_body(request))
     node = ((body.get("target") or {}).get("name") or "").strip()
     if not node:
@@ -125,15 +115,12 @@ async def binding(handlers: ResourceHandlers, request: web.Request, t: Target) -
         new.setdefault("spec", {})["nodeName"] = node
         return new
 
-    await handlers.registry.guaranteed_update(t.resource, t.namespace, t.name, mutate,
-                                              dry_run=dry_run(request))
+    await registry.guaranteed_update(t.resource, t.namespace, t.name, mutate, dry_run=dry_run(request))
     return json_response(errors.success_status(), status=201)
 
 
 async def self_subject_access_review(request: web.Request, body: JsonObj) -> web.Response:
     """POST selfsubjectaccessreviews (kubectl auth can-i): may the caller do what spec describes?"""
-    from controlplane.apiserver.handlers import json_response
-
     access = request.app[context.ACCESS]
     user = context.request_user(request)
 
