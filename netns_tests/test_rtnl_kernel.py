@@ -199,6 +199,31 @@ def test_unlink_returns_once_the_link_is_unlisted(topo: Topology) -> None:
             nl.unlink(nl.require_link("lo").index)  # the kernel refuses: the error comes through
 
 
+def test_unlink_leaks_no_descriptor_or_thread(topo: Topology) -> None:
+    """The CNI daemon calls it for every DEL: sockets, pipe ends and helpers must all go."""
+    ns = topo.new_netns("uf")
+    with Netlink.open(ns) as nl:
+        nl.add_veth_pair("lv0", "lv1")
+        nl.unlink(nl.require_link("lv0").index)  # warm-up: lazily opened descriptors
+        assert helpers_done()
+        fds = len(os.listdir("/proc/self/fd"))
+        for _ in range(5):
+            nl.add_veth_pair("lv0", "lv1")
+            nl.unlink(nl.require_link("lv0").index)
+        nl.unlink(99999)
+        assert helpers_done()
+        assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def helpers_done(timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(t.name.startswith("unlink-") for t in threading.enumerate()):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def test_addresses_v4_and_v6(topo: Topology) -> None:
     ns = topo.new_netns("ad")
     with Netlink.open(ns) as nl:

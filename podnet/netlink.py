@@ -510,18 +510,17 @@ class Netlink:
                 outcome.append(exc)
             finally:
                 worker_sock.close()
-                os.write(wake_w, b"x")
+                with suppress(OSError):  # EPIPE: the waiter already left with the event
+                    os.write(wake_w, b"x")
                 os.close(wake_w)
 
         threading.Thread(target=delete, name=f"unlink-{index}", daemon=True).start()
         try:
             if self._wait_unlisted(events, wake_r, index, timeout):
                 return True
-        finally:
-            events.close()
-        try:
             select.select([wake_r], [], [])  # the helper finished (or the event never came)
         finally:
+            events.close()
             os.close(wake_r)
         return self._unlink_outcome(index, outcome)
 
