@@ -68,9 +68,11 @@ async def run(cfg: config.Config) -> None:
     access = build_access(cfg, store)  # a bad token file fails now, not after waiting for etcd
     tls_context = ssl_context(cfg) if cfg.secure_port else None
     registry, services = build_registry(cfg, store)
-    host, port = _advertised(cfg.bind_address), cfg.secure_port or cfg.insecure_port
+    host, port = cfg.advertise_address, cfg.secure_port or cfg.insecure_port
     await _start_registry(registry, services.ips.kubernetes_ip, host, port)
-    app = server.build_app(registry, store, access, server_address=f"{host}:{port}")
+    app = server.build_app(registry, store, access, server_address=f"{host}:{port}",
+                           limits=server.Limits(cfg.max_requests_inflight, cfg.max_mutating_requests_inflight,
+                                                cfg.min_request_timeout))
     access_log = logging.getLogger("podnet.apiserver.access") if cfg.log_level == "debug" else None
     runner = web.AppRunner(app, access_log=access_log, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
@@ -107,10 +109,6 @@ async def _start_registry(registry: Any, cluster_ip: str, host: str, port: int) 
             log.warning("registry start failed (%s); retrying in %.1fs", e, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-
-
-def _advertised(bind: str) -> str:
-    return "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
 
 
 def main(argv: Sequence[str] | None = None) -> int:

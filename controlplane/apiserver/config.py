@@ -16,6 +16,7 @@ class Config:
     etcd_prefix: str
     etcd_timeout: float
     bind_address: str
+    advertise_address: str
     secure_port: int
     insecure_port: int
     cert_dir: str
@@ -25,6 +26,9 @@ class Config:
     service_cluster_ip_range: str
     service_node_port_range: str
     log_level: str
+    min_request_timeout: int = 1800
+    max_requests_inflight: int = 400
+    max_mutating_requests_inflight: int = 200
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default %(default)s)")
     p.add_argument("--bind-address", default="0.0.0.0",
                    help="address the secure port listens on (default %(default)s)")
+    p.add_argument("--advertise-address", default="",
+                   help="address published in the default/kubernetes Endpoints (default: --bind-address, "
+                        "or 127.0.0.1 when that is 0.0.0.0)")
     p.add_argument("--secure-port", type=int, default=6443,
                    help="HTTPS port; 0 disables HTTPS (default %(default)s)")
     p.add_argument("--insecure-port", type=int, default=0,
@@ -61,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CIDR ClusterIPs are allocated from (default %(default)s)")
     p.add_argument("--service-node-port-range", default="30000-32767",
                    help="port range NodePorts are allocated from (default %(default)s)")
+    p.add_argument("--min-request-timeout", type=int, default=1800,
+                   help="seconds a watch without timeoutSeconds lasts at least; each one gets a random "
+                        "duration in [N, 2N) so clients do not reconnect in lockstep (default %(default)s)")
+    p.add_argument("--max-requests-inflight", type=int, default=400,
+                   help="concurrent non-mutating requests (watches excluded) before 429 TooManyRequests; "
+                        "0 = unlimited (default %(default)s)")
+    p.add_argument("--max-mutating-requests-inflight", type=int, default=200,
+                   help="concurrent mutating requests before 429 TooManyRequests; 0 = unlimited "
+                        "(default %(default)s)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="log verbosity (default %(default)s)")
     return p
@@ -76,6 +92,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         etcd_prefix="/" + ns.etcd_prefix.strip("/"),
         etcd_timeout=ns.etcd_timeout,
         bind_address=ns.bind_address,
+        advertise_address=ns.advertise_address or _advertised(ns.bind_address),
         secure_port=ns.secure_port,
         insecure_port=ns.insecure_port,
         cert_dir=ns.cert_dir,
@@ -85,7 +102,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         service_cluster_ip_range=ns.service_cluster_ip_range,
         service_node_port_range=ns.service_node_port_range,
         log_level=ns.log_level,
+        min_request_timeout=ns.min_request_timeout,
+        max_requests_inflight=ns.max_requests_inflight,
+        max_mutating_requests_inflight=ns.max_mutating_requests_inflight,
     )
+
+
+def _advertised(bind: str) -> str:
+    return "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
 
 
 def _validate(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
@@ -101,6 +125,15 @@ def _validate(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
     except ValueError as e:
         parser.error(f"--service-cluster-ip-range: {e}")
     parse_port_range(parser, ns.service_node_port_range)
+    if ns.advertise_address:
+        try:
+            ipaddress.ip_address(ns.advertise_address)
+        except ValueError:
+            parser.error("--advertise-address must be an IP address")
+    if ns.min_request_timeout <= 0:
+        parser.error("--min-request-timeout must be positive")
+    if ns.max_requests_inflight < 0 or ns.max_mutating_requests_inflight < 0:
+        parser.error("--max-*-requests-inflight must not be negative")
     if not ns.etcd_servers.strip():
         parser.error("--etcd-servers is required")
 

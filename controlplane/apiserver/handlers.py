@@ -7,6 +7,7 @@ kubectl asks for one).  Errors are raised as ApiError and rendered as Status by 
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -47,9 +48,11 @@ RETURNS_DELETED_OBJECT = frozenset({"pods", "services", "namespaces"})
 class ResourceHandlers:
     """The resource routes over one Registry (object semantics) and the tables module (output)."""
 
-    def __init__(self, registry: Any, bookmark_interval: float = watch_http.BOOKMARK_INTERVAL) -> None:
+    def __init__(self, registry: Any, bookmark_interval: float = watch_http.BOOKMARK_INTERVAL,
+                 min_request_timeout: float = watch_http.DEFAULT_TIMEOUT) -> None:
         self.registry = registry
         self.bookmark_interval = bookmark_interval
+        self.min_request_timeout = min_request_timeout
 
     async def handle(self, request: web.Request, target: Target) -> web.StreamResponse:
         """Dispatch a routed resource request by method, collection/item and subresource."""
@@ -129,8 +132,11 @@ class ResourceHandlers:
                 raise
             events = _single_error(e)
         timeout = parse_int("timeoutSeconds", q.get("timeoutSeconds"))
+        if not timeout or timeout <= 0:
+            # upstream: a random duration in [min-request-timeout, 2x) spreads reconnects
+            timeout = int(self.min_request_timeout * (1 + random.random()))
         return await watch_http.serve_watch(
-            request, t.resource, events, timeout=float(timeout) if timeout else None,
+            request, t.resource, events, timeout=float(timeout),
             bookmarks=parse_bool(q.get("allowWatchBookmarks")), start_rv=rv, transform=transform,
             bookmark_interval=self.bookmark_interval,
         )

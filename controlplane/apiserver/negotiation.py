@@ -86,6 +86,14 @@ def parse_bool(value: str | None, *, default: bool = False) -> bool:
     raise errors.bad_request(f"invalid boolean value {value!r}")
 
 
+def parse_bool_lenient(value: str | None) -> bool:
+    """parse_bool for classification only (never raises; a bad value counts as false)."""
+    try:
+        return parse_bool(value)
+    except errors.ApiError:
+        return False
+
+
 def parse_int(name: str, value: str | None) -> int | None:
     """An optional integer query parameter; 400 BadRequest when it is not a number."""
     if value is None or value == "":

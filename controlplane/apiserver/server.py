@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -145,6 +146,42 @@ async def _impersonated(access: context.Access, user: auth.User, request: web.Re
         raise errors.ApiError(403, "Forbidden", str(e), auth.forbidden_details(e.attrs)) from None
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Upstream's --max-requests-inflight, --max-mutating-requests-inflight (0 = unlimited) and
+    --min-request-timeout (watches without timeoutSeconds last a random [N, 2N) seconds)."""
+
+    max_readonly: int = 400
+    max_mutating: int = 200
+    min_request_timeout: int = 1800
+
+
+def inflight_limit(limits: Limits) -> Any:
+    """429 TooManyRequests (Retry-After: 1) beyond the in-flight limits; watches and the open health
+    endpoints are not counted, as upstream exempts long-running requests."""
+    counts = {"readonly": 0, "mutating": 0}
+    caps = {"readonly": limits.max_readonly, "mutating": limits.max_mutating}
+
+    @web.middleware
+    async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if _is_public(request.path) or negotiation.parse_bool_lenient(request.query.get("watch")):
+            return await handler(request)
+        kind = "readonly" if request.method in ("GET", "HEAD", "OPTIONS") else "mutating"
+        if caps[kind] and counts[kind] >= caps[kind]:
+            err = errors.ApiError(429, "TooManyRequests", "Too many requests, please try again later.",
+                                  {"retryAfterSeconds": 1})
+            resp = error_response(err)
+            resp.headers["Retry-After"] = "1"
+            return resp
+        counts[kind] += 1
+        try:
+            return await handler(request)
+        finally:
+            counts[kind] -= 1
+
+    return limit
+
+
 # ------------------------------------------------------------------------------ non-resource routes
 
 
@@ -269,15 +306,18 @@ def resource_handler(handlers: ResourceHandlers) -> Handler:
 
 
 def build_app(registry: Any, store: Any, access: Access, *, server_address: str = "127.0.0.1:6443",
-              bookmark_interval: float = watch_http.BOOKMARK_INTERVAL) -> web.Application:
+              bookmark_interval: float = watch_http.BOOKMARK_INTERVAL,
+              limits: Limits | None = None) -> web.Application:
     """The API server application over a Registry (objects), its Store (health) and Access (auth)."""
-    app = web.Application(middlewares=[yaml_output, status_errors, authn_authz, admission.reservations],
-                          client_max_size=8 * 1024 * 1024)
+    limits = limits or Limits()
+    middlewares = [yaml_output, status_errors, inflight_limit(limits), authn_authz, admission.reservations]
+    app = web.Application(middlewares=middlewares, client_max_size=8 * 1024 * 1024)
     app[context.REGISTRY] = registry
     app[context.STORE] = store
     app[context.ACCESS] = access
     app[context.SERVER_ADDRESS] = server_address
-    handlers = ResourceHandlers(registry, bookmark_interval=bookmark_interval)
+    handlers = ResourceHandlers(registry, bookmark_interval=bookmark_interval,
+                                min_request_timeout=limits.min_request_timeout)
     r = app.router
     for name in ("healthz", "livez", "readyz"):
         r.add_get(f"/{name}", health_handler(name))

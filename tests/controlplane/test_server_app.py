@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ from controlplane.apiserver import auth
 from controlplane.apiserver.admission import Admission
 from controlplane.apiserver.allocators import ClusterIPAllocator, NodePortAllocator, ServiceAllocators
 from controlplane.apiserver.context import Access
-from controlplane.apiserver.server import build_app
+from controlplane.apiserver.server import Limits, build_app
 from podnet.store.base import StoreUnavailable
 from podnet.store.memory import MemoryStore
 
@@ -27,9 +28,16 @@ NS = "/api/v1/namespaces/default"
 
 
 class FlakyStore(MemoryStore):
-    """A MemoryStore whose writes fail as if etcd were down while `down` is set."""
+    """A MemoryStore whose writes fail as if etcd were down while `down` is set, and whose reads
+    wait while `gate` is cleared."""
 
     down = False
+    gate: threading.Event | None = None
+
+    def get(self, key: str) -> Any:
+        if self.gate is not None:
+            self.gate.wait(10)
+        return super().get(key)
 
     def _check(self) -> None:
         if self.down:
@@ -50,7 +58,7 @@ class FlakyStore(MemoryStore):
 Scenario = Callable[[TestClient, FlakyStore], Awaitable[None]]
 
 
-def serve(scenario: Scenario, cache_capacity: int = 10_000) -> None:
+def serve(scenario: Scenario, cache_capacity: int = 10_000, limits: Limits | None = None) -> None:
     """Run `scenario(client, store)` against a fresh app (admin and nobody tokens, RBAC bootstrap)."""
     from controlplane.apiserver.registry import Registry
 
@@ -66,7 +74,7 @@ def serve(scenario: Scenario, cache_capacity: int = 10_000) -> None:
                   "nobody-token": auth.User("nobody", "2", ())}
         access = Access(auth.TokenAuthenticator(tokens), auth.Authorizer(auth.StoreRbacSource(
             store, "/registry/rbac.authorization.k8s.io")), insecure_is_admin=False)
-        app = build_app(registry, store, access, bookmark_interval=0.2)
+        app = build_app(registry, store, access, bookmark_interval=0.2, limits=limits)
         try:
             async with TestClient(TestServer(app)) as client:
                 await scenario(client, store)
@@ -575,3 +583,21 @@ def test_scale_put_and_deployment_selector() -> None:
         assert status == 405
 
     serve(scenario)
+
+
+def test_inflight_limit_answers_429_and_watches_are_exempt() -> None:
+    async def scenario(client: TestClient, store: FlakyStore) -> None:
+        store.gate = threading.Event()
+        slow = asyncio.ensure_future(call(client, "GET", f"{NS}/configmaps/x"))
+        await asyncio.sleep(0.3)
+        async with client.get(f"{NS}/configmaps/y", headers=ADMIN) as resp:
+            assert resp.status == 429 and resp.headers["Retry-After"] == "1"
+            assert_status(await resp.json(), 429, "TooManyRequests")
+        async with client.get(f"{NS}/configmaps?watch=1&timeoutSeconds=1", headers=ADMIN) as resp:
+            assert resp.status == 200
+        assert (await call(client, "GET", "/healthz", headers={}))[0] == 200
+        store.gate.set()
+        assert (await slow)[0] == 404
+        assert (await call(client, "GET", f"{NS}/configmaps/y"))[0] == 404
+
+    serve(scenario, limits=Limits(max_readonly=1, max_mutating=1))

@@ -181,12 +181,17 @@ def test_flags_defaults_and_values() -> None:
     assert (cfg.secure_port, cfg.insecure_port) == (0, 8080)
     d = config.parse_args([])
     assert d.etcd_prefix == "/registry" and d.secure_port == 6443 and d.insecure_port == 0
+    assert d.advertise_address == "127.0.0.1" and d.min_request_timeout == 1800
+    assert (d.max_requests_inflight, d.max_mutating_requests_inflight) == (400, 200)
+    assert config.parse_args(["--bind-address=10.0.0.5"]).advertise_address == "10.0.0.5"
+    assert config.parse_args(["--advertise-address=10.0.0.6"]).advertise_address == "10.0.0.6"
     assert d.service_cluster_ip_range == "10.96.0.0/12" and d.service_node_port_range == "30000-32767"
 
 
 @pytest.mark.parametrize("argv", [
     ["--tls-cert-file=a"], ["--secure-port=0"], ["--service-cluster-ip-range=10.0.0.1/8"],
-    ["--service-node-port-range=3-2"], ["--secure-port=70000"],
+    ["--service-node-port-range=3-2"], ["--secure-port=70000"], ["--advertise-address=host"],
+    ["--min-request-timeout=0"], ["--max-requests-inflight=-1"],
 ])
 def test_bad_flags_exit_2(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as e:
@@ -198,7 +203,8 @@ def test_help_documents_every_flag() -> None:
     text = config.build_parser().format_help()
     for flag in ("--etcd-servers", "--etcd-prefix", "--secure-port", "--bind-address", "--tls-cert-file",
                  "--tls-private-key-file", "--cert-dir", "--token-auth-file", "--service-cluster-ip-range",
-                 "--service-node-port-range", "--insecure-port"):
+                 "--service-node-port-range", "--insecure-port", "--advertise-address",
+                 "--min-request-timeout", "--max-requests-inflight", "--max-mutating-requests-inflight"):
         assert flag in text
 
 
