@@ -8,6 +8,7 @@ typed commands; the Python client spells booleans `True`.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,8 +38,14 @@ class MediaRange:
 
 def parse_accept(header: str | None) -> list[MediaRange]:
     """The media ranges of an Accept header, in the client's order (q values are not used by clients)."""
+    return list(_parse_accept(header or ""))
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_accept(header: str) -> tuple[MediaRange, ...]:
+    # clients send the same few Accept headers on every request: parse each once
     out: list[MediaRange] = []
-    for part in (header or "").split(","):
+    for part in header.split(","):
         pieces = [p.strip() for p in part.split(";")]
         if not pieces[0]:
             continue
@@ -47,7 +54,7 @@ def parse_accept(header: str | None) -> list[MediaRange]:
             k, _, v = p.partition("=")
             params[k.strip().lower()] = v.strip().strip('"')
         out.append(MediaRange(pieces[0].lower(), params))
-    return out
+    return tuple(out)
 
 
 def wants_table(accept: str | None) -> bool:
