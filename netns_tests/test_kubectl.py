@@ -332,3 +332,30 @@ def test_typed_create_commands(kubectl: Kubectl) -> None:
     applied = kubectl.out("apply", "--server-side", "-f", "-",
                           stdin="apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ssa}\ndata: {a: b}\n")
     assert applied == "configmap/ssa serverside-applied\n"
+
+
+def test_rbac_cluster_roles_groups_and_service_accounts(kubectl: Kubectl) -> None:
+    """Subjects other than users, checked through impersonation (the token file has two users)."""
+    ns = kubectl.namespace
+    assert kubectl.out("create", "clusterrole", f"cm-reader-{ns}", "--verb=get,list",
+                       "--resource=configmaps", namespaced=False) == \
+        f"clusterrole.rbac.authorization.k8s.io/cm-reader-{ns} created\n"
+    assert kubectl.out("create", "clusterrolebinding", f"ops-{ns}", f"--clusterrole=cm-reader-{ns}",
+                       f"--group=ops-{ns}", namespaced=False) == \
+        f"clusterrolebinding.rbac.authorization.k8s.io/ops-{ns} created\n"
+    created = kubectl.out("create", "rolebinding", "robot", f"--clusterrole=cm-reader-{ns}",
+                          f"--serviceaccount={ns}:robot")
+    assert created == "rolebinding.rbac.authorization.k8s.io/robot created\n"
+
+    def can(*args: str) -> str:
+        return kubectl.run("auth", "can-i", *args, check=False).stdout.strip()
+
+    assert can("list", "configmaps", "--as=someone", f"--as-group=ops-{ns}", "-A") == "yes"
+    assert can("delete", "configmaps", "--as=someone", f"--as-group=ops-{ns}") == "no"
+    assert can("list", "configmaps", "--as=someone") == "no"
+    robot = f"--as=system:serviceaccount:{ns}:robot"
+    assert can("get", "configmaps", robot) == "yes"
+    assert can("get", "configmaps", robot, "-n", "default") == "no"  # a RoleBinding is per namespace
+    assert can("get", "secrets", robot) == "no"
+    listed = kubectl.run("get", "configmaps", robot, "-o", "name")
+    assert listed.returncode == 0
