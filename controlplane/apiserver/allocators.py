@@ -391,3 +391,76 @@ def _invalid_ip(owner: str, ip: str, err: AllocationError) -> api_errors.ApiErro
     cause = {"reason": "FieldValueInvalid", "field": "spec.clusterIPs",
              "message": f'Invalid value: []string{{"{ip}"}}: failed to allocate IP {ip}: {err}'}
     return api_errors.invalid("Service", owner.split("/", 1)[-1], [cause])
+
+
+# --------------------------------------------------------------------------------- repair
+
+
+def values_in_use(services: list[dict[str, Any]]) -> tuple[set[str], set[int]]:
+    """The ClusterIPs and node ports the stored services hold."""
+    ips: set[str] = set()
+    ports: set[int] = set()
+    for svc in services:
+        spec = svc.get("spec") or {}
+        if _needs_cluster_ip(spec) and _requested_ip(spec):
+            ips.add(_requested_ip(spec))
+        ports.update(_node_ports(spec).values())
+        if _needs_health_check_port(spec) and spec.get("healthCheckNodePort"):
+            ports.add(int(spec["healthCheckNodePort"]))
+    return ips, ports
+
+
+class AllocationRepair:
+    """Upstream's repair loops (pkg/registry/core/service/ipallocator/controller/repair.go and the
+    portallocator one), to run every few minutes against a listing of all services.
+
+    A reservation no service holds is released only after it was seen leaked in `rounds`
+    consecutive runs: a create in flight holds its reservation before the service is stored, and a
+    crash between the two (kill -9 of the API server) leaves exactly such a leak.  A value a
+    service holds without a reservation (data restored from a backup) is reserved again.
+    """
+
+    def __init__(self, allocators: ServiceAllocators, rounds: int = 3) -> None:
+        self.allocators = allocators
+        self.rounds = rounds
+        self._ip_leaks: dict[str, int] = {}
+        self._port_leaks: dict[int, int] = {}
+
+    def run(self, services: list[dict[str, Any]]) -> tuple[list[str], list[int]]:
+        """One pass over `services` (listed just before); returns the (ips, ports) released.  A
+        create landing between that listing and this read of the reservations looks leaked once;
+        the next pass sees its service, so `rounds` >= 2 keeps it (run_with takes reservations
+        read before the listing, which closes even that window)."""
+        return self.run_with(self.allocators.ips.allocated(), self.allocators.ports.allocated_ports(),
+                             services)
+
+    def run_with(self, reserved_ips: set[str], reserved_ports: set[int],
+                 services: list[dict[str, Any]]) -> tuple[list[str], list[int]]:
+        used_ips, used_ports = values_in_use(services)
+        for ip in sorted(used_ips - reserved_ips):
+            with contextlib.suppress(AllocationError):
+                self.allocators.ips.allocate(ip, owner="repair")
+        for port in sorted(used_ports - reserved_ports):
+            with contextlib.suppress(AllocationError):
+                self.allocators.ports.allocate(port, owner="repair")
+        freed_ips = _due(self._ip_leaks, reserved_ips - used_ips, self.rounds)
+        freed_ports = _due(self._port_leaks, reserved_ports - used_ports, self.rounds)
+        for ip in freed_ips:
+            self.allocators.ips.release(ip)
+        for port in freed_ports:
+            self.allocators.ports.release(port)
+        return freed_ips, freed_ports
+
+
+def _due(counts: dict[Any, int], leaked: set[Any], rounds: int) -> list[Any]:
+    """Count consecutive sightings of each leaked value; the ones seen `rounds` times are due."""
+    for value in list(counts):
+        if value not in leaked:
+            del counts[value]  # in use again (or released): start over
+    due = []
+    for value in sorted(leaked):
+        counts[value] = counts.get(value, 0) + 1
+        if counts[value] >= rounds:
+            due.append(value)
+            del counts[value]
+    return due

@@ -239,3 +239,46 @@ def test_load_balancer_local_gets_a_health_check_port(svc_alloc: ServiceAllocato
                                "ports": [{"port": 80}]})
     svc_alloc.reserve_create(no_ports)
     assert svc_alloc.ports.allocated_ports() == set()
+
+
+# -------------------------------------------------------------------------------------- repair
+
+
+def test_repair_releases_a_leak_after_three_sightings(svc_alloc: ServiceAllocators) -> None:
+    from controlplane.apiserver.allocators import AllocationRepair
+
+    kept = service("kept", {"type": "NodePort", "ports": [{"port": 80}]})
+    svc_alloc.reserve_create(kept)
+    # a create that reserved and then crashed before storing its service
+    leaked_ip = svc_alloc.ips.allocate(owner="default/crashed")
+    leaked_port = svc_alloc.ports.allocate(owner="default/crashed")
+    repair = AllocationRepair(svc_alloc)
+    assert repair.run([kept]) == ([], [])
+    assert repair.run([kept]) == ([], [])
+    assert repair.run([kept]) == ([leaked_ip], [leaked_port])
+    assert svc_alloc.ips.allocated() == {kept["spec"]["clusterIP"]}
+    assert svc_alloc.ports.allocated_ports() == {kept["spec"]["ports"][0]["nodePort"]}
+
+
+def test_repair_forgets_a_leak_once_its_service_shows_up(svc_alloc: ServiceAllocators) -> None:
+    from controlplane.apiserver.allocators import AllocationRepair
+
+    slow = service("slow", {"ports": [{"port": 80}]})
+    svc_alloc.reserve_create(slow)  # reserved, service not stored yet
+    repair = AllocationRepair(svc_alloc)
+    repair.run([])
+    repair.run([])
+    repair.run([slow])  # stored now: the count starts over
+    repair.run([])
+    assert repair.run([]) == ([], [])
+    assert svc_alloc.ips.allocated() == {slow["spec"]["clusterIP"]}
+
+
+def test_repair_reserves_values_held_without_a_reservation(svc_alloc: ServiceAllocators) -> None:
+    from controlplane.apiserver.allocators import AllocationRepair
+
+    restored = service("restored", {"type": "NodePort", "clusterIP": "10.96.0.9",
+                                    "ports": [{"port": 80, "nodePort": 30003}]})
+    AllocationRepair(svc_alloc).run([restored])
+    assert svc_alloc.ips.owners() == {"10.96.0.9": "repair"}
+    assert svc_alloc.ports.allocated_ports() == {30003}
