@@ -71,12 +71,13 @@ class ApiServerProcess:
                 f"--token-auth-file={self.token_file}", "--service-cluster-ip-range=10.96.0.0/16",
                 *self.extra_args]
 
-    def start(self, timeout: float = 30.0) -> ApiServerProcess:
+    def start(self, timeout: float = 30.0, *, wait: bool = True) -> ApiServerProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.pids.append(self.proc.pid)
-        self.wait_ready(timeout)
+        if wait:
+            self.wait_ready(timeout)
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:

@@ -212,3 +212,29 @@ def test_http_watch_survives_an_etcd_restart(apiserver: ApiServerProcess) -> Non
         assert (event["type"], event["object"]["metadata"]["name"]) == ("ADDED", "after")
     finally:
         conn.close()
+
+
+def test_starts_before_etcd_and_becomes_ready_when_it_comes(tmp_path: Path) -> None:
+    etcd_proc = EtcdProcess(str(tmp_path / "etcd"))  # ports chosen, not started yet
+    server = ApiServerProcess(etcd_proc, tmp_path / "api")
+    try:
+        server.start(wait=False)
+        deadline = time.monotonic() + 20
+        while True:  # listening (TLS set up) while etcd is still missing
+            try:
+                status, text = server.request("GET", "/livez?verbose", auth=False, timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, server.log_tail()
+                time.sleep(0.1)
+        assert status == 500 and "[+]ping ok" in text and "[-]etcd failed" in text
+        status, text = server.request("GET", "/readyz?verbose", auth=False, timeout=10)
+        assert status == 500 and "[-]poststarthook/podnet-registry failed" in text
+        status, body = server.request("GET", "/api/v1/namespaces")
+        assert status == 503 and body["reason"] == "ServiceUnavailable"
+        etcd_proc.start()
+        server.wait_ready(30)
+        assert server.request("GET", "/api/v1/namespaces/default")[0] == 200
+    finally:
+        server.cleanup()
+        etcd_proc.cleanup()

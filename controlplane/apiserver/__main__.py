@@ -69,13 +69,31 @@ async def run(cfg: config.Config) -> None:
     tls_context = ssl_context(cfg) if cfg.secure_port else None
     registry, services = build_registry(cfg, store)
     host, port = cfg.advertise_address, cfg.secure_port or cfg.insecure_port
-    await _start_registry(registry, services.ips.kubernetes_ip, host, port)
-    app = server.build_app(registry, store, access, server_address=f"{host}:{port}",
-                           limits=server.Limits(cfg.max_requests_inflight, cfg.max_mutating_requests_inflight,
-                                                cfg.min_request_timeout))
+    started = asyncio.Event()
+    limits = server.Limits(cfg.max_requests_inflight, cfg.max_mutating_requests_inflight,
+                           cfg.min_request_timeout)
+    app = server.build_app(registry, store, access, server_address=f"{host}:{port}", limits=limits,
+                           started=started)
     access_log = logging.getLogger("podnet.apiserver.access") if cfg.log_level == "debug" else None
     runner = web.AppRunner(app, access_log=access_log, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
+    await _listen(cfg, runner, tls_context)
+    # listen first (health answers, /readyz says why not ready), then wait for etcd
+    starting = asyncio.create_task(_start_registry(registry, services.ips.kubernetes_ip, host, port,
+                                                   started))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    starting.cancel()
+    await runner.cleanup()
+    await registry.stop()
+    store.close()
+
+
+async def _listen(cfg: config.Config, runner: web.AppRunner, tls_context: ssl.SSLContext | None) -> None:
     if cfg.secure_port:
         site = web.TCPSite(runner, cfg.bind_address, cfg.secure_port, ssl_context=tls_context,
                            reuse_address=True)
@@ -85,25 +103,19 @@ async def run(cfg: config.Config) -> None:
         # plain HTTP has no authentication: loopback only, as upstream's insecure port
         await web.TCPSite(runner, "127.0.0.1", cfg.insecure_port, reuse_address=True).start()
         log.info("serving insecure HTTP on 127.0.0.1:%d", cfg.insecure_port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down")
-    await runner.cleanup()
-    await registry.stop()
-    store.close()
 
 
-async def _start_registry(registry: Any, cluster_ip: str, host: str, port: int) -> None:
+async def _start_registry(registry: Any, cluster_ip: str, host: str, port: int,
+                          started: asyncio.Event) -> None:
     """Start the watch caches, create the default namespaces and the `kubernetes` service; retry
-    while etcd is not up yet."""
+    while etcd is not up yet; then open the gate for resource requests."""
     delay = 0.2
     while True:
         try:
             await registry.start()
             await bootstrap.ensure_kubernetes_service(registry, cluster_ip, host, port)
+            started.set()
+            log.info("registry started")
             return
         except Exception as e:
             log.warning("registry start failed (%s); retrying in %.1fs", e, delay)

@@ -44,6 +44,8 @@ ACCESS: web.AppKey[Access] = web.AppKey("access", Access)
 REGISTRY: web.AppKey[Any] = web.AppKey("registry", object)
 STORE: web.AppKey[Any] = web.AppKey("store", object)
 SERVER_ADDRESS: web.AppKey[str] = web.AppKey("server_address", str)
+# Set once the registry has started (watch caches synced, default objects in place).
+STARTED: web.AppKey[asyncio.Event] = web.AppKey("started", asyncio.Event)
 USER_KEY: web.RequestKey[User] = web.RequestKey("user", User)
 
 

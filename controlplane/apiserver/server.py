@@ -42,6 +42,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Readable without credentials, as upstream's system:public-info-viewer role grants.
 PUBLIC_PATHS = ("/healthz", "/livez", "/readyz", "/version")
 HEALTH_TIMEOUT = 2.0
+STARTED_CHECK = "poststarthook/podnet-registry"
 # Status reasons for errors aiohttp raises itself (e.g. a body over client_max_size)
 HTTP_REASONS = {413: "RequestEntityTooLarge", 415: "UnsupportedMediaType", 429: "TooManyRequests",
                 503: "ServiceUnavailable", 504: "Timeout"}
@@ -113,6 +114,14 @@ async def yaml_output(request: web.Request, handler: Handler) -> web.StreamRespo
         if k.lower() not in ("content-type", "content-length"):
             out.headers[k] = v
     return out
+
+
+@web.middleware
+async def startup_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """503 until the registry has started (etcd reachable, caches synced); health stays open."""
+    if not request.app[context.STARTED].is_set() and not _is_public(request.path):
+        raise errors.service_unavailable("the API server is starting: waiting for etcd")
+    return await handler(request)
 
 
 @web.middleware
@@ -277,6 +286,8 @@ def health_handler(name: str) -> Handler:
         checks = {"ping": True}
         if only in ("", "etcd"):
             checks["etcd"] = await _etcd_ok(request)
+        if name != "livez" and only in ("", STARTED_CHECK):
+            checks[STARTED_CHECK] = request.app[context.STARTED].is_set()
         if only and only not in checks:
             raise errors.not_found_path()
         if only:
@@ -307,15 +318,23 @@ def resource_handler(handlers: ResourceHandlers) -> Handler:
 
 def build_app(registry: Any, store: Any, access: Access, *, server_address: str = "127.0.0.1:6443",
               bookmark_interval: float = watch_http.BOOKMARK_INTERVAL,
-              limits: Limits | None = None) -> web.Application:
-    """The API server application over a Registry (objects), its Store (health) and Access (auth)."""
+              limits: Limits | None = None, started: asyncio.Event | None = None) -> web.Application:
+    """The API server application over a Registry (objects), its Store (health) and Access (auth).
+
+    `started` gates resource requests until set (the process sets it once the registry runs);
+    without it the registry is taken as started."""
     limits = limits or Limits()
-    middlewares = [yaml_output, status_errors, inflight_limit(limits), authn_authz, admission.reservations]
+    if started is None:
+        started = asyncio.Event()
+        started.set()
+    middlewares = [yaml_output, status_errors, startup_gate, inflight_limit(limits), authn_authz,
+                   admission.reservations]
     app = web.Application(middlewares=middlewares, client_max_size=8 * 1024 * 1024)
     app[context.REGISTRY] = registry
     app[context.STORE] = store
     app[context.ACCESS] = access
     app[context.SERVER_ADDRESS] = server_address
+    app[context.STARTED] = started
     handlers = ResourceHandlers(registry, bookmark_interval=bookmark_interval,
                                 min_request_timeout=limits.min_request_timeout)
     r = app.router

@@ -601,3 +601,24 @@ def test_inflight_limit_answers_429_and_watches_are_exempt() -> None:
         assert (await call(client, "GET", f"{NS}/configmaps/y"))[0] == 404
 
     serve(scenario, limits=Limits(max_readonly=1, max_mutating=1))
+
+
+def test_resource_requests_wait_for_the_registry_to_start() -> None:
+    async def main() -> None:
+        store = MemoryStore()
+        started = asyncio.Event()
+        tokens = {"admin-token": auth.User("admin", "1", ("system:masters",))}
+        access = Access(auth.TokenAuthenticator(tokens), auth.Authorizer(), insecure_is_admin=False)
+        app = build_app(object(), store, access, started=started)
+        async with TestClient(TestServer(app)) as client:
+            _, body = await call(client, "GET", "/api/v1/namespaces")
+            assert_status(body, 503, "ServiceUnavailable")
+            status, text = await call(client, "GET", "/readyz?verbose", headers={})
+            assert status == 500 and "[-]poststarthook/podnet-registry failed" in text
+            assert (await call(client, "GET", "/livez", headers={}))[0] == 200
+            assert (await call(client, "GET", "/version", headers={}))[0] == 200
+            started.set()
+            assert (await call(client, "GET", "/readyz", headers={})) == (200, "ok")
+            assert (await call(client, "GET", "/api"))[0] == 200
+
+    asyncio.run(asyncio.wait_for(main(), 30))
