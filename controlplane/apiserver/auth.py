@@ -373,11 +373,14 @@ class Authorizer:
         self._source = source
         self._bootstrap = bootstrap_policy()
 
+    def rbac(self) -> RbacObjects:
+        """The bootstrap policy plus what the source holds now."""
+        return self._bootstrap if self._source is None else merged(self._bootstrap, self._source())
+
     def decide(self, user: User, attrs: Attributes) -> Decision:
         if MASTERS_GROUP in user.groups:
             return Decision(True, f'allowed by group "{MASTERS_GROUP}"')
-        rbac = self._bootstrap if self._source is None else merged(self._bootstrap, self._source())
-        return evaluate(user, attrs, rbac)
+        return evaluate(user, attrs, self.rbac())
 
     def authorize(self, user: User, verb: str, group: str, resource: str, namespace: str = "",
                   name: str = "", subresource: str = "") -> bool:
@@ -580,3 +583,45 @@ def impersonate(user: User, headers: Any, decide: Callable[[User, Attributes], D
     if name != "system:anonymous" and AUTHENTICATED_GROUP not in all_groups:
         all_groups.append(AUTHENTICATED_GROUP)
     return User(name, uids[0] if uids else "", tuple(all_groups))
+
+
+# -------------------------------------------------------------------- whoami and can-i --list
+
+
+def self_subject_review(user: User) -> dict[str, Any]:
+    """The created SelfSubjectReview (`kubectl auth whoami`, authentication.k8s.io/v1)."""
+    return {"kind": "SelfSubjectReview", "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": None}, "status": {"userInfo": user.info()}}
+
+
+_ALL_RESOURCES = {"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}
+_ALL_URLS = {"verbs": ["*"], "nonResourceURLs": ["*"]}
+
+
+def rules_for(user: User, namespace: str, rbac: RbacObjects) -> list[dict[str, Any]]:
+    """Every rule granted to `user` in `namespace` (upstream RBAC RulesFor): ClusterRoleBindings,
+    then RoleBindings of that namespace.  system:masters gets cluster-admin's two wildcard rules."""
+    if MASTERS_GROUP in user.groups:
+        return [dict(_ALL_RESOURCES), dict(_ALL_URLS)]
+    rules: list[dict[str, Any]] = []
+    bindings = list(rbac.cluster_role_bindings)
+    bindings += [b for b in rbac.role_bindings if _meta(b)[0] == namespace] if namespace else []
+    for binding in bindings:
+        binding_ns = _meta(binding)[0]
+        if any(subject_matches(s, user, binding_ns) for s in binding.get("subjects") or []):
+            rules += _role_rules(rbac, binding.get("roleRef") or {}, binding_ns)
+    return rules
+
+
+def self_subject_rules_review(user: User, review: Mapping[str, Any], rbac: RbacObjects) -> dict[str, Any]:
+    """The created SelfSubjectRulesReview (`kubectl auth can-i --list`): the spec's namespace's
+    resource rules and the non-resource rules, as upstream splits them."""
+    spec = dict(review.get("spec") or {})
+    rules = rules_for(user, spec.get("namespace", ""), rbac)
+    resource_rules = [{k: r[k] for k in ("verbs", "apiGroups", "resources", "resourceNames") if k in r}
+                      for r in rules if r.get("resources")]
+    url_rules = [{"verbs": r["verbs"], "nonResourceURLs": r["nonResourceURLs"]}
+                 for r in rules if r.get("nonResourceURLs")]
+    return {"kind": "SelfSubjectRulesReview", "apiVersion": "authorization.k8s.io/v1",
+            "metadata": {"creationTimestamp": None}, "spec": spec,
+            "status": {"resourceRules": resource_rules, "nonResourceRules": url_rules, "incomplete": False}}

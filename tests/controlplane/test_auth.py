@@ -311,3 +311,34 @@ def test_repeated_group_headers_from_aiohttp() -> None:
     headers = CIMultiDict([("Impersonate-User", "nobody"), ("Impersonate-Group", "a"),
                            ("Impersonate-Group", "b")])
     assert auth.impersonate(ADMIN, headers, Authorizer().decide).groups == ("a", "b", "system:authenticated")
+
+
+# ---------------------------------------------------------------------- whoami and can-i --list
+
+
+def test_self_subject_review_is_the_user_info() -> None:
+    review = auth.self_subject_review(CAROL)
+    assert review["kind"] == "SelfSubjectReview"
+    assert review["status"]["userInfo"] == {"username": "carol", "uid": "3",
+                                            "groups": ["devs", "system:authenticated"]}
+
+
+def test_rules_review_lists_what_the_namespace_grants(authorizer: Authorizer) -> None:
+    review = {"spec": {"namespace": "team"}}
+    bob = auth.self_subject_rules_review(BOB, review, authorizer.rbac())["status"]
+    assert POD_READER in bob["resourceRules"]
+    assert {"verbs": ["create"], "apiGroups": ["authorization.k8s.io"],
+            "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"]} in bob["resourceRules"]
+    assert any("/version" in r["nonResourceURLs"] for r in bob["nonResourceRules"])
+    elsewhere = auth.self_subject_rules_review(BOB, {"spec": {"namespace": "other"}}, authorizer.rbac())
+    assert POD_READER not in elsewhere["status"]["resourceRules"]
+    carol = auth.self_subject_rules_review(CAROL, review, authorizer.rbac())["status"]
+    assert {"verbs": ["*"], "apiGroups": [""], "resources": ["configmaps"],
+            "resourceNames": ["only"]} in carol["resourceRules"]
+    assert {"verbs": ["get"], "nonResourceURLs": ["/metrics", "/logs/*"]} in carol["nonResourceRules"]
+
+
+def test_rules_review_of_masters_is_cluster_admin(authorizer: Authorizer) -> None:
+    status = auth.self_subject_rules_review(ADMIN, {"spec": {"namespace": "x"}}, authorizer.rbac())["status"]
+    assert status == {"resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
+                      "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}], "incomplete": False}
