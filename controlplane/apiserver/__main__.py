@@ -79,15 +79,14 @@ async def run(cfg: config.Config) -> None:
     await runner.setup()
     await _listen(cfg, runner, tls_context)
     # listen first (health answers, /readyz says why not ready), then wait for etcd
-    starting = asyncio.create_task(_start_registry(registry, services.ips.kubernetes_ip, host, port,
-                                                   started))
+    background = asyncio.create_task(_background(registry, services, host, port, started))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
-    starting.cancel()
+    background.cancel()
     await runner.cleanup()
     await registry.stop()
     store.close()
@@ -103,6 +102,12 @@ async def _listen(cfg: config.Config, runner: web.AppRunner, tls_context: ssl.SS
         # plain HTTP has no authentication: loopback only, as upstream's insecure port
         await web.TCPSite(runner, "127.0.0.1", cfg.insecure_port, reuse_address=True).start()
         log.info("serving insecure HTTP on 127.0.0.1:%d", cfg.insecure_port)
+
+
+async def _background(registry: Any, services: ServiceAllocators, host: str, port: int,
+                      started: asyncio.Event) -> None:
+    await _start_registry(registry, services.ips.kubernetes_ip, host, port, started)
+    await bootstrap.repair_allocations_forever(registry, services)
 
 
 async def _start_registry(registry: Any, cluster_ip: str, host: str, port: int,

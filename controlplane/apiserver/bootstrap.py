@@ -1,4 +1,5 @@
-"""Objects the API server keeps in place itself: the `default/kubernetes` Service and Endpoints.
+"""What the API server keeps in place itself: the `default/kubernetes` Service and Endpoints, and
+the Service IP/port reservations (repair loop).
 
 Upstream's master controller (pkg/controlplane/controller/kubernetesservice) creates the service
 with the first address of --service-cluster-ip-range, port 443 named `https` to the secure port, and
@@ -8,12 +9,19 @@ rely on both.  Idempotent: existing objects are left alone, endpoints follow the
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from controlplane.apiserver import errors, resources
+from controlplane.apiserver.allocators import AllocationRepair, ServiceAllocators
 from controlplane.apiserver.resources import Resource
 
+log = logging.getLogger(__name__)
+
 LABELS = {"component": "apiserver", "provider": "kubernetes"}
+# upstream runs its ClusterIP / NodePort repair controllers every 3 minutes
+REPAIR_INTERVAL = 180.0
 
 
 def _res(plural: str) -> Resource:
@@ -64,3 +72,29 @@ async def ensure_kubernetes_service(registry: Any, cluster_ip: str, address: str
     if current.get("subsets") != wanted["subsets"]:
         current["subsets"] = wanted["subsets"]
         await registry.update(endpoints, "default", "kubernetes", current)
+
+
+async def repair_allocations_once(registry: Any, services: ServiceAllocators,
+                                  repair: AllocationRepair) -> tuple[list[str], list[int]]:
+    """One repair pass: reservations are read before the listing, so a create that lands in
+    between is never taken for a leak (AllocationRepair.run_with)."""
+    ips = await asyncio.to_thread(services.ips.allocated)
+    ports = await asyncio.to_thread(services.ports.allocated_ports)
+    listed = await registry.list(_res("services"), "")
+    return await asyncio.to_thread(repair.run_with, ips, ports, listed.get("items", []))
+
+
+async def repair_allocations_forever(registry: Any, services: ServiceAllocators,
+                                     interval: float = REPAIR_INTERVAL) -> None:
+    """Release reservations no Service holds (e.g. after a kill -9 between reserving and storing)
+    and re-reserve values Services hold without one; store errors wait for the next round."""
+    repair = AllocationRepair(services)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            ips, ports = await repair_allocations_once(registry, services, repair)
+        except Exception as e:
+            log.warning("service allocation repair failed: %s", e)
+            continue
+        if ips or ports:
+            log.info("repair released leaked ClusterIPs %s and NodePorts %s", ips, ports)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from controlplane.apiserver import auth
+from controlplane.apiserver import auth, resources
 from controlplane.apiserver.admission import Admission
 from controlplane.apiserver.allocators import ClusterIPAllocator, NodePortAllocator, ServiceAllocators
 from controlplane.apiserver.context import Access
@@ -620,5 +620,33 @@ def test_resource_requests_wait_for_the_registry_to_start() -> None:
             started.set()
             assert (await call(client, "GET", "/readyz", headers={})) == (200, "ok")
             assert (await call(client, "GET", "/api"))[0] == 200
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_allocation_repair_pass_releases_leaks_and_keeps_used_values() -> None:
+    from controlplane.apiserver import bootstrap
+    from controlplane.apiserver.allocators import AllocationRepair
+    from controlplane.apiserver.registry import Registry
+
+    async def main() -> None:
+        store = MemoryStore()
+        services = ServiceAllocators(ClusterIPAllocator(store, "10.96.0.0/24"),
+                                     NodePortAllocator(store, "30000-30100"))
+        admission = Admission(services)
+        registry = Registry(store, admit=admission.admit, on_delete=admission.on_delete)
+        await registry.start()
+        try:
+            svc_res = resources.find("", "v1", "services")
+            svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
+                   "spec": {"selector": {"a": "b"}, "ports": [{"port": 80}]}}
+            used = (await registry.create(svc_res, "default", svc))["spec"]["clusterIP"]
+            leaked = services.ips.allocate()  # reserved, but no service holds it (a crash)
+            repair = AllocationRepair(services, rounds=2)
+            assert await bootstrap.repair_allocations_once(registry, services, repair) == ([], [])
+            assert await bootstrap.repair_allocations_once(registry, services, repair) == ([leaked], [])
+            assert services.ips.allocated() == {used}
+        finally:
+            await registry.stop()
 
     asyncio.run(asyncio.wait_for(main(), 30))
