@@ -72,6 +72,8 @@ class ResourceHandlers:
                 return await self.delete_collection(request, target)
         else:
             if method in ("GET", "HEAD"):
+                if parse_bool(request.query.get("watch")):
+                    return await self.watch_one(request, target)
                 return await self.get(request, target)
             if method == "PUT":
                 return await self.update(request, target)
@@ -140,6 +142,12 @@ class ResourceHandlers:
             bookmarks=parse_bool(q.get("allowWatchBookmarks")), start_rv=rv, transform=transform,
             bookmark_interval=self.bookmark_interval,
         )
+
+    async def watch_one(self, request: web.Request, t: Target) -> web.StreamResponse:
+        """GET <item>?watch=true (older clients): a watch of the collection narrowed to the name."""
+        name_sel = selectors.parse_field_selector(f"metadata.name={t.name}", t.resource.field_selectors)
+        collection = Target(t.resource, t.namespace, "", "")
+        return await self.watch(request, collection, None, name_sel)
 
     def _table_event_transform(self, request: web.Request, res: Resource) -> Callable[[JsonObj], JsonObj]:
         include = request.query.get("includeObject") or "Metadata"

@@ -408,6 +408,17 @@ def test_watch_delivers_a_burst_in_order() -> None:
     serve(scenario)
 
 
+def test_watch_of_one_item() -> None:
+    async def scenario(client: TestClient, store: FlakyStore) -> None:
+        await call(client, "POST", f"{NS}/configmaps", cm("one"))
+        await call(client, "POST", f"{NS}/configmaps", cm("two"))
+        async with client.get(f"{NS}/configmaps/one?watch=true&timeoutSeconds=2", headers=ADMIN) as resp:
+            events = [json.loads(line) for line in (await resp.read()).splitlines() if line]
+        assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "one")]
+
+    serve(scenario)
+
+
 def test_watch_synthetic_added_and_table_events() -> None:
     async def scenario(client: TestClient, store: FlakyStore) -> None:
         await call(client, "POST", f"{NS}/configmaps", cm("pre"))
