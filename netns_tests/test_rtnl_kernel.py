@@ -145,6 +145,24 @@ def test_port_vlan_and_vlan_link(topo: Topology) -> None:
             nl.ensure_vlan_link("vv1", "vbr0", 101)
 
 
+def test_vlan_calls_succeed_or_fail_with_eopnotsupp(topo: Topology) -> None:
+    """Without CONFIG_BRIDGE_VLAN_FILTERING / CONFIG_VLAN_8021Q (as on some CI kernels) every VLAN
+    call must fail with EOPNOTSUPP, which the bridge plugin turns into error code 7."""
+    ns = topo.new_netns("vo")
+    with Netlink.open(ns) as nl:
+        nl.ensure_bridge("obr0")
+        nl.add_veth_pair("ov0", "ov1")
+        nl.set_link("ov0", master=nl.require_link("obr0").index)
+        calls = [lambda: nl.set_vlan_filtering("obr0"),
+                 lambda: nl.add_port_vlan("ov0", 100),
+                 lambda: nl.ensure_vlan_link("obr0.100", "obr0", 100)]
+        for call in calls:
+            try:
+                call()
+            except NetlinkFailure as exc:
+                assert exc.errno == errno.EOPNOTSUPP, exc
+
+
 def test_wait_oper_up_is_woken_by_the_peer_and_times_out(topo: Topology) -> None:
     ns = topo.new_netns("wo")
     with Netlink.open(ns) as nl:
