@@ -59,20 +59,21 @@ class ResourceHandlers:
         method = request.method.upper()
         if target.subresource:
             return await self._subresource(request, target, method)
-        verb = routing.verb_for(method, target, parse_bool(request.query.get("watch")))
+        watch = target.watch_path or parse_bool(request.query.get("watch"))
+        verb = routing.verb_for(method, target, watch)
         if not target.resource.has_verb(verb):
             # e.g. GET on selfsubjectaccessreviews, DELETE on the namespaces collection
             raise errors.method_not_allowed(method, target.resource.plural)
         if target.is_collection:
             if method in ("GET", "HEAD"):
-                return await self.list_or_watch(request, target)
+                return await self.list_or_watch(request, target, watch)
             if method == "POST":
                 return await self.create(request, target)
             if method == "DELETE":
                 return await self.delete_collection(request, target)
         else:
             if method in ("GET", "HEAD"):
-                if parse_bool(request.query.get("watch")):
+                if watch:
                     return await self.watch_one(request, target)
                 return await self.get(request, target)
             if method == "PUT":
@@ -106,10 +107,10 @@ class ResourceHandlers:
         obj = await self.registry.get(t.resource, t.namespace, t.name)
         return self.render(request, t.resource, obj)
 
-    async def list_or_watch(self, request: web.Request, t: Target) -> web.StreamResponse:
+    async def list_or_watch(self, request: web.Request, t: Target, watch: bool) -> web.StreamResponse:
         q = request.query
         label_sel, field_sel = self.selectors(request, t.resource)
-        if parse_bool(q.get("watch")):
+        if watch:
             return await self.watch(request, t, label_sel, field_sel)
         result = await self.registry.list(
             t.resource, t.namespace, label_selector=label_sel, field_selector=field_sel,

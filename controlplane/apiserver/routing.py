@@ -24,6 +24,7 @@ class Target:
     namespace: str
     name: str
     subresource: str
+    watch_path: bool = False  # the deprecated /api/v1/watch/... form
 
     @property
     def is_collection(self) -> bool:
@@ -40,6 +41,7 @@ class PathParts:
     plural: str
     name: str
     subresource: str
+    watch_path: bool = False
 
 
 def split_path(path: str) -> PathParts | None:
@@ -51,6 +53,9 @@ def split_path(path: str) -> PathParts | None:
         group, version, rest = segs[1], segs[2], segs[3:]
     else:
         return None
+    watch_path = len(rest) >= 2 and rest[0] == "watch"  # deprecated /api/v1/watch/... (still served)
+    if watch_path:
+        rest = rest[1:]
     namespace = ""
     # `namespaces/{ns}/{plural}...` is a namespaced resource; `namespaces[/{name}[/{sub}]]` is the
     # namespace resource itself (upstream special-cases exactly this)
@@ -62,7 +67,7 @@ def split_path(path: str) -> PathParts | None:
     plural = rest[0]
     name = rest[1] if len(rest) > 1 else ""
     sub = rest[2] if len(rest) > 2 else ""
-    return PathParts(group, version, namespace, plural, name, sub)
+    return PathParts(group, version, namespace, plural, name, sub, watch_path)
 
 
 def resolve(path: str) -> Target:
@@ -77,7 +82,9 @@ def resolve(path: str) -> Target:
         raise errors.not_found_path()
     if parts.subresource and not res.has_subresource(parts.subresource):
         raise errors.not_found_path()
-    return Target(res, parts.namespace, parts.name, parts.subresource)
+    if parts.watch_path and (parts.subresource or not res.has_verb("watch")):
+        raise errors.not_found_path()
+    return Target(res, parts.namespace, parts.name, parts.subresource, parts.watch_path)
 
 
 def verb_for(method: str, target: Target, watch: bool) -> str:

@@ -415,6 +415,10 @@ def test_watch_of_one_item() -> None:
         async with client.get(f"{NS}/configmaps/one?watch=true&timeoutSeconds=2", headers=ADMIN) as resp:
             events = [json.loads(line) for line in (await resp.read()).splitlines() if line]
         assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "one")]
+        async with client.get("/api/v1/watch/namespaces/default/configmaps/two?timeoutSeconds=2",
+                              headers=ADMIN) as resp:
+            events = [json.loads(line) for line in (await resp.read()).splitlines() if line]
+        assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "two")]
 
     serve(scenario)
 

@@ -151,6 +151,16 @@ def test_resolve_unknown_is_404(path: str) -> None:
     assert e.value.code == 404 and e.value.message == "the server could not find the requested resource"
 
 
+def test_legacy_watch_paths() -> None:
+    t = routing.resolve("/api/v1/watch/namespaces/default/pods")
+    assert (t.resource.plural, t.namespace, t.name, t.watch_path) == ("pods", "default", "", True)
+    t = routing.resolve("/apis/apps/v1/watch/deployments")
+    assert (t.resource.plural, t.namespace, t.watch_path) == ("deployments", "", True)
+    assert not routing.resolve("/api/v1/pods").watch_path
+    with pytest.raises(errors.ApiError):
+        routing.resolve("/apis/authorization.k8s.io/v1/watch/selfsubjectaccessreviews")
+
+
 def test_namespace_subresource_is_not_a_namespaced_resource() -> None:
     parts = routing.split_path("/api/v1/namespaces/x/finalize")
     assert parts is not None
