@@ -359,3 +359,17 @@ def test_rbac_cluster_roles_groups_and_service_accounts(kubectl: Kubectl) -> Non
     assert can("get", "secrets", robot) == "no"
     listed = kubectl.run("get", "configmaps", robot, "-o", "name")
     assert listed.returncode == 0
+
+
+def test_namespace_deletion_is_terminating(kubectl: Kubectl) -> None:
+    """Without a namespace controller (a later issue) a deleted namespace stays Terminating and
+    refuses new content, with upstream's message."""
+    ns = f"{kubectl.namespace}-gone"
+    assert kubectl.out("create", "namespace", ns, namespaced=False) == f"namespace/{ns} created\n"
+    assert kubectl.out("delete", "namespace", ns, "--wait=false", namespaced=False) == \
+        f'namespace "{ns}" deleted\n'
+    assert rows(kubectl.out("get", "namespace", ns, namespaced=False))[1][:2] == [ns, "Terminating"]
+    refused = kubectl.run("create", "configmap", "late", "-n", ns, check=False)
+    assert refused.returncode == 1
+    assert (f'configmaps "late" is forbidden: unable to create new content in namespace {ns} because '
+            "it is being terminated") in refused.stderr
