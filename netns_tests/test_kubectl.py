@@ -196,7 +196,8 @@ def test_selectors_all_namespaces_and_chunks(kubectl: Kubectl) -> None:
     names = [r[0] for r in namespaces[1:]]
     assert {"default", "kube-system", "kube-public", "kube-node-lease", kubectl.namespace} <= set(names)
     assert names == sorted(names)
-    assert all(r[1] == "Active" for r in namespaces[1:])
+    wanted = {"default", "kube-system", "kube-public", "kube-node-lease", kubectl.namespace}
+    assert all(r[1] == "Active" for r in namespaces[1:] if r[0] in wanted)
 
 
 def test_apply_label_annotate_patch_scale(kubectl: Kubectl) -> None:
@@ -362,10 +363,12 @@ def test_rbac_cluster_roles_groups_and_service_accounts(kubectl: Kubectl) -> Non
 
 
 def test_namespace_deletion_is_terminating(kubectl: Kubectl) -> None:
-    """Without a namespace controller (a later issue) a deleted namespace stays Terminating and
-    refuses new content, with upstream's message."""
+    """A deleted namespace is Terminating while content remains (here a ConfigMap held by a
+    finalizer) and refuses new content, with upstream's message."""
     ns = f"{kubectl.namespace}-gone"
     assert kubectl.out("create", "namespace", ns, namespaced=False) == f"namespace/{ns} created\n"
+    kubectl.out("create", "-n", ns, "-f", "-", stdin="apiVersion: v1\nkind: ConfigMap\nmetadata:\n"
+                "  name: held\n  finalizers: [example.com/hold]\n")
     assert kubectl.out("delete", "namespace", ns, "--wait=false", namespaced=False) == \
         f'namespace "{ns}" deleted\n'
     assert rows(kubectl.out("get", "namespace", ns, namespaced=False))[1][:2] == [ns, "Terminating"]
@@ -373,3 +376,5 @@ def test_namespace_deletion_is_terminating(kubectl: Kubectl) -> None:
     assert refused.returncode == 1
     assert (f'configmaps "late" is forbidden: unable to create new content in namespace {ns} because '
             "it is being terminated") in refused.stderr
+    kubectl.out("patch", "configmap", "held", "-n", ns, "--type=json", "-p",
+                '[{"op":"remove","path":"/metadata/finalizers"}]')
