@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import itertools
 import json
 import socket
 import threading
@@ -293,3 +294,57 @@ def test_kill_9_apiserver_then_etcd_loses_nothing_acknowledged(apiserver: ApiSer
     assert expected <= set(added), f"watch missed {sorted(expected - set(added))[:5]}"
     rvs = [rv for _, _, rv in watcher.events]
     assert rvs == sorted(rvs) and rvs[0] > watch_rv
+
+
+def test_kill_9_during_service_creates_never_duplicates_and_repair_finds_the_leaks(
+        apiserver: ApiServerProcess) -> None:
+    """A create killed between its reservation and its write leaves a reservation no service
+    holds (upstream repairs those periodically); it never leaves two services with one IP."""
+    from controlplane.apiserver.allocators import (
+        AllocationRepair,
+        ClusterIPAllocator,
+        NodePortAllocator,
+        ServiceAllocators,
+    )
+    from podnet.store.etcd import EtcdStore
+
+    stop = threading.Event()
+
+    def create_services(index: int) -> None:
+        conn = Conn(apiserver, timeout=5)
+        for n in itertools.count():
+            if stop.is_set():
+                return
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                conn.request("POST", SVC, service(f"k{index}-{n}"))
+
+    threads = [threading.Thread(target=create_services, args=(i,), daemon=True) for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(3):
+            time.sleep(1.0)
+            apiserver.kill()
+            apiserver.start()
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15)
+    code, listing = apiserver.request("GET", SVC, timeout=30)
+    assert code == 200
+    services = listing["items"]
+    ips = [s["spec"]["clusterIP"] for s in services]
+    ports = [p["nodePort"] for s in services for p in s["spec"]["ports"] if "nodePort" in p]
+    assert len(services) > 20
+    assert len(set(ips)) == len(ips) and len(set(ports)) == len(ports)
+
+    store = EtcdStore([apiserver.etcd.endpoint], 5.0)
+    try:
+        allocators = ServiceAllocators(ClusterIPAllocator(store, "10.96.0.0/16"), NodePortAllocator(store))
+        # typically 3-7 leaked reservations after the three kills (measured), released here
+        AllocationRepair(allocators, rounds=1).run(services)
+        assert allocators.ips.allocated() == set(ips)  # leaks (if any) released, nothing in use
+        assert allocators.ports.allocated_ports() == set(ports)
+    finally:
+        store.close()
