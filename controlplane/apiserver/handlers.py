@@ -183,8 +183,9 @@ class ResourceHandlers:
 
     async def create(self, request: web.Request, t: Target) -> web.Response:
         body = negotiation.require_object(await read_body(request))
-        if t.resource.plural == "selfsubjectaccessreviews":
-            return await subresources.self_subject_access_review(request, body)
+        review = subresources.REVIEWS.get(t.resource.plural)
+        if review is not None:
+            return await review(request, body)
         obj = with_type_meta(t.resource, body)
         warnings = fieldvalidation.check(t.resource, obj, request.query.get("fieldValidation"))
         created = await self.registry.create(t.resource, t.namespace, obj, dry_run=dry_run(request))

@@ -159,6 +159,11 @@ RESOURCES: tuple[Resource, ...] = (
     # authorization.k8s.io/v1: a virtual resource, only POSTed (kubectl auth can-i).
     Resource("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "selfsubjectaccessreview",
              "SelfSubjectAccessReview", False, verbs=CREATE_ONLY, field_selectors=frozenset()),
+    # kubectl auth can-i --list and kubectl auth whoami: virtual, create only, like the above.
+    Resource("authorization.k8s.io", "v1", "selfsubjectrulesreviews", "selfsubjectrulesreview",
+             "SelfSubjectRulesReview", False, verbs=CREATE_ONLY, field_selectors=frozenset()),
+    Resource("authentication.k8s.io", "v1", "selfsubjectreviews", "selfsubjectreview",
+             "SelfSubjectReview", False, verbs=CREATE_ONLY, field_selectors=frozenset()),
 )
 
 _BY_PATH: dict[tuple[str, str, str], Resource] = {(r.group, r.version, r.plural): r for r in RESOURCES}

@@ -8,7 +8,9 @@ answers 201 with a Success Status, as the scheduler expects (reference B2).
 
 from __future__ import annotations
 
+import asyncio
 import copy
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -134,3 +136,24 @@ async def self_subject_access_review(request: web.Request, body: JsonObj) -> web
     decision = await decide(attrs)
     review = auth.self_subject_access_review(user, body, lambda _u, _a: decision)
     return json_response(review, status=201)
+
+
+async def self_subject_rules_review(request: web.Request, body: JsonObj) -> web.Response:
+    """POST selfsubjectrulesreviews (kubectl auth can-i --list): the caller's rules in spec.namespace."""
+    access = request.app[context.ACCESS]
+    user = context.request_user(request)
+    rbac = await asyncio.to_thread(access.authorizer.rbac)
+    return json_response(auth.self_subject_rules_review(user, body, rbac), status=201)
+
+
+async def self_subject_review(request: web.Request, body: JsonObj) -> web.Response:
+    """POST selfsubjectreviews (kubectl auth whoami): who the server thinks the caller is."""
+    return json_response(auth.self_subject_review(context.request_user(request)), status=201)
+
+
+# Create-only virtual resources answered without storing anything.
+REVIEWS: dict[str, Callable[[web.Request, JsonObj], Awaitable[web.Response]]] = {
+    "selfsubjectaccessreviews": self_subject_access_review,
+    "selfsubjectrulesreviews": self_subject_rules_review,
+    "selfsubjectreviews": self_subject_review,
+}

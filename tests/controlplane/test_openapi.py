@@ -47,7 +47,8 @@ def test_paths_use_upstream_urls() -> None:
     assert apps is not None and "/apis/apps/v1/namespaces/{namespace}/deployments/{name}" in apps["paths"]
     sar = openapi.openapi_v3_document("authorization.k8s.io", "v1")
     assert sar is not None
-    assert list(sar["paths"]) == ["/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"]
+    assert list(sar["paths"]) == ["/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                                  "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews"]
 
 
 def test_document_for_path() -> None:

@@ -168,6 +168,16 @@ def test_self_subject_access_review() -> None:
         assert status == 201 and body["status"]["allowed"] is True
         status, body = await call(client, "POST", path, review, headers=NOBODY)
         assert status == 201 and body["status"]["allowed"] is False
+        whoami = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+        status, body = await call(client, "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", whoami,
+                                  headers=NOBODY)
+        assert status == 201 and body["status"]["userInfo"]["username"] == "nobody"
+        rules = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
+                 "spec": {"namespace": "default"}}
+        status, body = await call(client, "POST", "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+                                  rules)
+        assert status == 201 and {"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]} in \
+            body["status"]["resourceRules"]
 
     serve(scenario)
 
