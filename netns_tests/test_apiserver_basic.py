@@ -238,3 +238,21 @@ def test_starts_before_etcd_and_becomes_ready_when_it_comes(tmp_path: Path) -> N
     finally:
         server.cleanup()
         etcd_proc.cleanup()
+
+
+def test_sigterm_with_open_watches_exits_promptly(apiserver: ApiServerProcess) -> None:
+    import http.client
+
+    conns = []
+    for _ in range(3):
+        conn = http.client.HTTPSConnection("127.0.0.1", apiserver.port, context=apiserver.ssl_context(),
+                                           timeout=20)
+        conn.request("GET", "/api/v1/pods?watch=true", headers={"Authorization": f"Bearer {apiserver.token}"})
+        assert conn.getresponse().status == 200
+        conns.append(conn)
+    start = time.monotonic()
+    apiserver.stop(timeout=15)
+    assert apiserver.proc is not None and apiserver.proc.returncode == 0, apiserver.log_tail()
+    assert time.monotonic() - start < 8
+    for conn in conns:
+        conn.close()
