@@ -1,7 +1,8 @@
 """`python -m cni.daemon --socket PATH`: the per-node CNI daemon (started by `podnet cni daemon`).
 
-Why: a plugin exec that imports pyroute2 pays ~0.2-0.3 s before doing anything (cni.md 5); a
-warm process pays it once.  The installed executables forward each request here over a unix
+Why: every plugin exec pays the interpreter start plus the plugin's imports (~60-70 ms for
+bridge in-process, and it was ~0.2-0.3 s while the netlink seam used pyroute2, cni.md 5); a warm
+process pays them once.  The installed executables forward each request here over a unix
 socket (`cni.entry.forward`) and fall back to running in-process when the daemon is absent.
 
 Every request is served by `cni.entry.run_local`, the same function the in-process path runs, in
@@ -141,10 +142,11 @@ class _Handlers:
     """Long-lived request threads, created on demand up to `limit`, then reused.
 
     Why not a thread per request (socketserver.ThreadingMixIn): a fresh thread makes a bridge DEL
-    ~2.5 ms slower (measured, interleaved N=90: 24.9 vs 22.2 ms in-daemon), mostly per-thread
-    setup in pyroute2's asyncio core.  Not concurrent.futures either: its threads are joined at
-    interpreter exit, so one hung plugin would hang the daemon's shutdown; these are daemon
-    threads, bounded by Daemon.stop's grace period.  Idle accounting follows ThreadPoolExecutor.
+    ~2.5 ms slower (measured, interleaved N=90: 24.9 vs 22.2 ms in-daemon, with the pyroute2-based
+    seam of the time: per-thread setup in its asyncio core).  Not concurrent.futures either: its
+    threads are joined at interpreter exit, so one hung plugin would hang the daemon's shutdown;
+    these are daemon threads, bounded by Daemon.stop's grace period.  Idle accounting follows
+    ThreadPoolExecutor.
     """
 
     def __init__(self, run: Any, limit: int) -> None:
@@ -296,7 +298,7 @@ class Daemon:
         self._server = server
 
     def _warm_up(self) -> None:
-        """Import pyroute2 (through the netlink seam) and every plugin module now, not per pod."""
+        """Import the netlink seam and every plugin module now, not per pod."""
         started = time.perf_counter()
         from podnet import netlink
 
@@ -409,8 +411,8 @@ _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 class WorkerPool:
     """Forked copies of a prepared (warm, bound) daemon, all accepting on the same socket.
 
-    Why processes: the GIL serialises the CPU-heavy part of every request (pyroute2 encoding and
-    parsing netlink messages, JSON), so one process serves N concurrent ADDs in about N times one
+    Why processes: the GIL serialises the CPU-heavy part of every request (encoding and parsing
+    netlink messages, JSON), so one process serves N concurrent ADDs in about N times one
     ADD while the exec'd reference plugins use every core.  Forking after the warm-up shares the
     imported modules copy-on-write.  Each worker still serves each request in a thread of its own.
     A worker that dies is replaced (its in-flight requests fail over as cni.entry describes);
@@ -535,7 +537,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--socket", default=entry.DEFAULT_SOCKET, help="unix socket to listen on")
     parser.add_argument("--workers", type=int, default=default_workers(),
                         help="worker processes (default: CPUs, at most 4; 1 = no fork)")
-    parser.add_argument("--no-preload", action="store_true", help="skip importing pyroute2/plugins")
+    parser.add_argument("--no-preload", action="store_true",
+                        help="skip pre-importing the netlink seam and plugins")
     parser.add_argument("--quiet", action="store_true", help="no per-request log lines")
     args = parser.parse_args(argv)
     daemon = Daemon(args.socket, preload=not args.no_preload, log_requests=not args.quiet)

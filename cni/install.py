@@ -29,7 +29,7 @@ main({plugin!r})
 
 def import_paths() -> tuple[list[str], list[str]]:
     """(before the stdlib, after it): where `cni` and the third-party packages it may import
-    lazily (pyroute2 on the in-process path) are found."""
+    lazily are found."""
     source_root = str(Path(__file__).resolve().parent.parent)
     site = sysconfig.get_paths()["purelib"]
     return ([], [site]) if source_root == site else ([source_root], [site])
