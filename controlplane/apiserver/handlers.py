@@ -140,9 +140,21 @@ class ResourceHandlers:
             timeout = int(self.min_request_timeout * (1 + random.random()))
         return await watch_http.serve_watch(
             request, t.resource, events, timeout=float(timeout),
+            cache_revision=self._cache_revision(t.resource),
             bookmarks=parse_bool(q.get("allowWatchBookmarks")), start_rv=rv, transform=transform,
             bookmark_interval=self.bookmark_interval,
         )
+
+    def _cache_revision(self, res: Resource) -> Callable[[], int] | None:
+        """The applied revision of the resource's watch cache (for bookmarks), if the registry has one."""
+        cache_for = getattr(self.registry, "cache_for", None)
+        if cache_for is None:
+            return None
+        try:
+            cache = cache_for(res)
+        except errors.ApiError:
+            return None
+        return lambda: int(cache.revision)
 
     async def watch_one(self, request: web.Request, t: Target) -> web.StreamResponse:
         """GET <item>?watch=true (older clients): a watch of the collection narrowed to the name."""

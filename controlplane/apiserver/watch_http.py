@@ -124,13 +124,17 @@ async def serve_watch(
     start_rv: str,
     transform: EventTransform | None = None,
     bookmark_interval: float = BOOKMARK_INTERVAL,
+    cache_revision: Callable[[], int] | None = None,
 ) -> web.StreamResponse:
-    """Stream `events` to the client until timeout, client disconnect or the end of the iterator."""
+    """Stream `events` to the client until timeout, client disconnect or the end of the iterator.
+
+    `cache_revision` (the watch cache's applied revision) lets an idle watch's BOOKMARK move past
+    the last event it delivered; see _Stream.bookmark_rv for why that is safe."""
     resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
     resp.enable_chunked_encoding()
     await resp.prepare(request)
     pump = _Pump(events)
-    stream = _Stream(resp, res, transform, start_rv)
+    stream = _Stream(resp, res, transform, start_rv, cache_revision)
     deadline = time.monotonic() + (timeout if timeout and timeout > 0 else DEFAULT_TIMEOUT)
     try:
         await stream.run(request, pump.queue, deadline, bookmark_interval if bookmarks else None)
@@ -147,11 +151,27 @@ class _Stream:
     """Writes events (in batches: whatever is queued goes out in one chunk) and bookmarks."""
 
     def __init__(self, resp: web.StreamResponse, res: Resource, transform: EventTransform | None,
-                 start_rv: str) -> None:
+                 start_rv: str, cache_revision: Callable[[], int] | None = None) -> None:
         self.resp = resp
         self.res = res
         self.transform = transform
         self.last_rv = start_rv if start_rv not in ("", "0") else ""
+        self.cache_revision = cache_revision
+        # with resourceVersion "" the registry registers its cache watcher only after a store
+        # listing; until the first event arrives the cache revision may be ahead of this stream
+        self.watching = start_rv != ""
+
+    def bookmark_rv(self, queue: asyncio.Queue[object]) -> str:
+        """The resourceVersion a BOOKMARK may carry now.
+
+        The pump drains the cache watcher without suspending while it has events (queue.get/put on
+        a non-full queue do not yield), so whenever this task runs with the pump queue empty, the
+        pump is parked on an empty cache watcher: every event up to the cache's revision has been
+        delivered (or filtered out), and that revision is a safe bookmark."""
+        rv = int(self.last_rv or 0)
+        if self.cache_revision is not None and self.watching and queue.empty():
+            rv = max(rv, self.cache_revision())
+        return str(rv) if rv > 0 else ""
 
     async def run(self, request: web.Request, queue: asyncio.Queue[object], deadline: float,
                   bookmark_interval: float | None) -> None:
@@ -160,8 +180,10 @@ class _Stream:
             now = time.monotonic()
             if now >= deadline or _disconnected(request):
                 return
-            if bookmark_interval is not None and self.last_rv and now >= next_bookmark:
-                await self.resp.write(encode(bookmark_event(self.res, self.last_rv)))
+            if bookmark_interval is not None and now >= next_bookmark:
+                rv = self.bookmark_rv(queue)
+                if rv:
+                    await self.resp.write(encode(bookmark_event(self.res, rv)))
                 next_bookmark = now + bookmark_interval
             wake = min(deadline, next_bookmark) if bookmark_interval is not None else deadline
             try:
@@ -188,6 +210,7 @@ class _Stream:
                 break
             assert isinstance(item, dict)
             self.last_rv = _event_rv(item) or self.last_rv
+            self.watching = True
             chunks.append(encode(self.transform(item)) if self.transform else ENCODED.encode(item))
         if chunks:
             await self.resp.write(b"".join(chunks))

@@ -402,6 +402,29 @@ def test_watch_stream_events_bookmarks_and_timeout() -> None:
     serve(scenario)
 
 
+def test_bookmarks_move_past_events_a_selector_filters_out() -> None:
+    async def scenario(client: TestClient, store: FlakyStore) -> None:
+        _, listed = await call(client, "GET", f"{NS}/configmaps")
+        rv = listed["metadata"]["resourceVersion"]
+        url = (f"{NS}/configmaps?watch=1&resourceVersion={rv}&labelSelector=app%3Dnone"
+               "&allowWatchBookmarks=true&timeoutSeconds=3")
+        async with client.get(url, headers=ADMIN) as resp:
+            last = 0
+            for i in range(3):
+                _, created = await call(client, "POST", f"{NS}/configmaps", cm(f"other{i}"))
+                last = int(created["metadata"]["resourceVersion"])
+            seen: list[dict[str, Any]] = []
+            while not seen or int(seen[-1]["object"]["metadata"]["resourceVersion"]) < last:
+                more = await read_events(resp, 1)  # bookmarks every 0.2 s, until the stream ends
+                if not more:
+                    break
+                seen += more
+        assert {e["type"] for e in seen} == {"BOOKMARK"}
+        assert int(seen[-1]["object"]["metadata"]["resourceVersion"]) == last
+
+    serve(scenario)
+
+
 def test_watch_delivers_a_burst_in_order() -> None:
     async def scenario(client: TestClient, store: FlakyStore) -> None:
         _, listed = await call(client, "GET", f"{NS}/configmaps")
