@@ -21,6 +21,7 @@ import json
 from typing import Any
 
 from controlplane.apiserver import discovery, resources
+from controlplane.apiserver.protobuf import encode_varint
 from controlplane.apiserver.resources import Resource
 
 # Upstream's PATCH operations carry these; the verifier only needs fieldValidation (and dryRun for
@@ -129,22 +130,10 @@ OPENAPI_V2_PROTOBUF_ACCEPT = "application/com.github.proto-openapi.spec.v2@v1.0+
 OPENAPI_V2_CONTENT_TYPE = "application/octet-stream"
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def _pb_field(number: int, payload: bytes | str) -> bytes:
     """A length-delimited protobuf field (strings and embedded messages)."""
     data = payload.encode() if isinstance(payload, str) else payload
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
+    return encode_varint(number << 3 | 2) + encode_varint(len(data)) + data
 
 
 def _pb_query_parameter(name: str) -> bytes:

@@ -40,6 +40,19 @@ class ProtobufError(ValueError):
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
 
 
+def encode_varint(value: int) -> bytes:
+    """Protobuf base-128 varint (negative int64 values as their 64-bit two's complement)."""
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if not value:
+            out.append(byte)
+            return bytes(out)
+        out.append(byte | 0x80)
+
+
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
     result, shift = 0, 0
     while True:

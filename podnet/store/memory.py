@@ -83,24 +83,24 @@ class MemoryStore:
 
     def update(self, key: str, value: bytes, expected_mod_revision: int | None) -> int:
         with self._cond:
-            self._check_available()
-            current = self._value_at(key, self._revision)
-            if current is None:
-                raise NotFound(key)
-            if expected_mod_revision is not None and current.mod_revision != expected_mod_revision:
-                raise Conflict(key, current)
+            current = self._existing(key, expected_mod_revision)
             rev = self._revision + 1
             self._commit(Event("PUT", KeyValue(key, value, current.create_revision, rev), current))
             return rev
 
+    def _existing(self, key: str, expected_mod_revision: int | None) -> KeyValue:
+        """The live value of `key` for a write: NotFound if absent, Conflict on a stale revision."""
+        self._check_available()
+        current = self._value_at(key, self._revision)
+        if current is None:
+            raise NotFound(key)
+        if expected_mod_revision is not None and current.mod_revision != expected_mod_revision:
+            raise Conflict(key, current)
+        return current
+
     def delete(self, key: str, expected_mod_revision: int | None = None) -> tuple[int, KeyValue]:
         with self._cond:
-            self._check_available()
-            current = self._value_at(key, self._revision)
-            if current is None:
-                raise NotFound(key)
-            if expected_mod_revision is not None and current.mod_revision != expected_mod_revision:
-                raise Conflict(key, current)
+            current = self._existing(key, expected_mod_revision)
             rev = self._revision + 1
             self._commit(Event("DELETE", KeyValue(key, b"", 0, rev), current))
             return rev, current

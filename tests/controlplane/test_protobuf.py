@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.apiserver.protobuf import MAGIC, ProtobufError, decode_object, supported_kinds
+from controlplane.apiserver.protobuf import (
+    MAGIC,
+    ProtobufError,
+    decode_object,
+    encode_varint,
+    supported_kinds,
+)
 
 DATA = Path(__file__).parent / "data" / "protobuf"
 INDEX = json.loads((DATA / "index.json").read_text())
@@ -32,17 +38,7 @@ def test_every_kubectl_create_kind_is_covered() -> None:
 # Hand-built bodies for what kubectl create never sends
 
 
-def _varint(value: int) -> bytes:
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+_varint = encode_varint
 
 
 def _msg(*fields: tuple[int, object]) -> bytes:
