@@ -1,0 +1,10 @@
+"""podnet-scheduler: binds pending pods to nodes.
+
+The pure core (no I/O) lives in resources (quantities, pod requests), filters (feasibility with
+upstream reason strings), scoring (least-allocated, controller spreading, PreferNoSchedule) and
+framework (one scheduling cycle and the aggregated "0/N nodes are available" message).
+"""
+
+from controlplane.scheduler.framework import Unschedulable, build_node_infos, schedule, schedule_on
+
+__all__ = ["Unschedulable", "build_node_infos", "schedule", "schedule_on"]
