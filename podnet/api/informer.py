@@ -118,6 +118,7 @@ class Informer:
         self._thread: threading.Thread | None = None
         self.resource_version = ""
         self.relists = 0  # how many lists ran (1 + every relist); for tests and metrics
+        self._expired_streak = 0  # 410s in a row without a watch event in between
         self._wait = self._stop.wait  # injectable: tests replace it to skip real sleeps
 
     # ------------------------------------------------------------------ reading the cache (any thread)
@@ -176,10 +177,13 @@ class Informer:
                 self._relist()
                 failures = 0
                 next_resync = self._watch_until_gap(next_resync)
+                continue  # it returns only after stop()
             except ApiError as e:
-                if e.expired:
+                self._expired_streak = self._expired_streak + 1 if e.expired else 0
+                if self._expired_streak == 1:
                     log.info("%s: %s; relisting", self.name, e)
                     continue
+                # a second 410 with no progress in between, or another error: do not spin
                 failures += 1
                 log.warning("%s: %s; relisting after backoff", self.name, e)
             except Exception as e:  # any stream/transport failure means a relist
@@ -216,10 +220,12 @@ class Informer:
                     if self._stop.is_set():
                         break
                     self.apply_event(event)
+                    self._expired_streak = 0
                     next_resync = self._maybe_resync(next_resync)
             finally:
                 self._stream = None
                 stream.close()
+            self._expired_streak = 0  # the server ended the stream normally: that is progress
             next_resync = self._maybe_resync(next_resync)
         return next_resync
 
