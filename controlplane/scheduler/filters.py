@@ -7,6 +7,7 @@ upstream's plugin order and the first failing one decides, as in the default fra
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ __all__ = [
     "REASON_TOO_MANY_PODS",
     "REASON_UNSCHEDULABLE",
     "NodeInfo",
+    "controller_uid",
     "fits_affinity",
     "fits_ports",
     "fits_resources",
@@ -59,6 +61,8 @@ class NodeInfo:
     nonzero_requested: dict[str, int] = field(default_factory=lambda: {res.CPU: 0, res.MEMORY: 0})
     pods: list[dict[str, Any]] = field(default_factory=list)
     used_ports: set[HostPort] = field(default_factory=set)
+    # Pods per controlling ownerReference uid, so spreading need not rescan every pod each cycle.
+    controller_counts: Counter[str] = field(default_factory=Counter)
 
     @classmethod
     def of(cls, node: dict[str, Any]) -> NodeInfo:
@@ -74,6 +78,39 @@ class NodeInfo:
         res.add(self.requested, res.pod_requests(pod))
         res.add(self.nonzero_requested, res.nonzero_requests(pod))
         self.used_ports.update(pod_host_ports(pod))
+        uid = controller_uid(pod)
+        if uid is not None:
+            self.controller_counts[uid] += 1
+
+    def remove_pod(self, pod: Mapping[str, Any]) -> bool:
+        """Forget a pod (deleted, finished, or an assumed binding that failed), matched by
+        namespace/name; returns whether it was there."""
+        key = _pod_key(pod)
+        index = next((i for i, known in enumerate(self.pods) if _pod_key(known) == key), None)
+        if index is None:
+            return False
+        known = self.pods.pop(index)
+        res.add(self.requested, {k: -v for k, v in res.pod_requests(known).items()})
+        res.add(self.nonzero_requested, {k: -v for k, v in res.nonzero_requests(known).items()})
+        # Recomputed, not subtracted: two pods bound by hand may claim the same port.
+        self.used_ports = set().union(*(pod_host_ports(p) for p in self.pods))
+        uid = controller_uid(known)
+        if uid is not None:
+            self.controller_counts[uid] -= 1
+        return True
+
+
+def _pod_key(pod: Mapping[str, Any]) -> tuple[str, str]:
+    metadata = pod.get("metadata") or {}
+    return str(metadata.get("namespace", "")), str(metadata.get("name", ""))
+
+
+def controller_uid(pod: Mapping[str, Any]) -> str | None:
+    """uid of the pod's controlling ownerReference (its ReplicationController, ReplicaSet...)."""
+    for ref in (pod.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid", ""))
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

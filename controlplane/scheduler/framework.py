@@ -2,7 +2,8 @@
 
 Pure: the daemon passes the nodes and pods its informers hold, gets a node name back and does the
 binding itself.  `build_node_infos` + `schedule_on` let it keep NodeInfos between cycles and
-`NodeInfo.add_pod` the pod it just assumed, instead of re-summing every pod on every cycle.
+`NodeInfo.add_pod` the pod it just assumed (`remove_pod` if the binding fails), instead of
+re-summing every pod on every cycle.
 """
 
 from __future__ import annotations

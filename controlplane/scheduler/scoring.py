@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from controlplane.scheduler import resources as res
-from controlplane.scheduler.filters import NodeInfo, tolerates
+from controlplane.scheduler.filters import NodeInfo, controller_uid, tolerates
 
 __all__ = [
     "MAX_NODE_SCORE",
@@ -39,14 +39,6 @@ def least_allocated(pod: Mapping[str, Any], info: NodeInfo) -> int:
     return total // 2
 
 
-def controller_uid(pod: Mapping[str, Any]) -> str | None:
-    """uid of the pod's controlling ownerReference (its ReplicationController, ReplicaSet...)."""
-    for ref in (pod.get("metadata") or {}).get("ownerReferences") or []:
-        if ref.get("controller"):
-            return str(ref.get("uid", ""))
-    return None
-
-
 def spread_scores(pod: Mapping[str, Any], infos: Sequence[NodeInfo]) -> dict[str, int]:
     """Fewer siblings (pods with the same controller) on a node scores higher.
 
@@ -59,7 +51,7 @@ def spread_scores(pod: Mapping[str, Any], infos: Sequence[NodeInfo]) -> dict[str
     uid = controller_uid(pod)
     if uid is None:
         return {info.name: MAX_NODE_SCORE for info in infos}
-    counts = {info.name: sum(1 for p in info.pods if controller_uid(p) == uid) for info in infos}
+    counts = {info.name: info.controller_counts[uid] for info in infos}
     low, high = min(counts.values(), default=0), max(counts.values(), default=0)
     if high == low:
         return {name: MAX_NODE_SCORE for name in counts}

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from controlplane.scheduler import Unschedulable, build_node_infos, schedule
+from controlplane.scheduler import Unschedulable, build_node_infos, schedule, schedule_on
 from controlplane.scheduler.filters import (
     REASON_AFFINITY,
     REASON_NOT_READY,
@@ -523,3 +523,35 @@ def test_schedule_does_not_mutate_inputs() -> None:
     before = repr((nodes, pods, pod))
     schedule(pod, nodes, pods)
     assert repr((nodes, pods, pod)) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# NodeInfo bookkeeping (the daemon assumes a pod, then forgets it if the binding fails)
+
+
+def test_node_info_add_then_remove_restores_the_empty_state() -> None:
+    empty = info_of(make_node("n"))
+    info = info_of(make_node("n"))
+    a = make_pod("a", cpu="1", memory="1Gi", node="n", owner="rc", ports=[_port(80)])
+    b = make_pod("b", cpu="500m", node="n", owner="rc", ports=[_port(80, host_ip="10.0.0.1")])
+    info.add_pod(a)
+    info.add_pod(b)
+    assert info.requested == {"cpu": 1500, "memory": 2**30}
+    assert info.controller_counts["rc"] == 2
+    assert fits_ports(make_pod(ports=[_port(80)]), info) == [REASON_PORTS]
+    assert info.remove_pod(make_pod("a")) is True  # matched by namespace/name
+    assert info.used_ports == {("10.0.0.1", "TCP", 80)}
+    assert info.controller_counts["rc"] == 1
+    assert info.remove_pod(b) is True
+    assert info.remove_pod(b) is False
+    assert info.pods == [] and info.used_ports == set() and info.controller_counts["rc"] == 0
+    assert {k: v for k, v in info.requested.items() if v} == {}
+    assert info.nonzero_requested == empty.nonzero_requested
+
+
+def test_removed_pod_frees_room_for_the_next_one() -> None:
+    infos = build_node_infos([make_node("n", cpu="1")], [make_pod("a", cpu="1", node="n")])
+    with pytest.raises(Unschedulable, match=r"Insufficient cpu"):
+        schedule_on(make_pod(cpu="1"), infos)
+    infos["n"].remove_pod(make_pod("a"))
+    assert schedule_on(make_pod(cpu="1"), infos) == "n"
