@@ -477,9 +477,22 @@ class WorkerPool:
             del self.pids[pid]
 
 
+def _die_with_parent() -> None:
+    """Ask the kernel for SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG), so a worker
+    leaves at once after a kill -9 of the daemon; the getppid() poll below stays as the fallback
+    for a parent that died before this call.  The signal follows the *thread* that forked: workers
+    are only spawned from `run`'s main thread, which lives as long as the daemon."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+
+
 def _worker_main(daemon: Daemon, parent: int) -> None:
     code = 0
     try:
+        _die_with_parent()
         stop = _stop_event()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         daemon.serve_in_background()

@@ -434,7 +434,7 @@ def test_workers_exit_when_the_parent_is_killed(short_dir, tmp_path):
     pids = worker_pids(log)
     proc.kill()
     proc.wait(timeout=10)
-    assert all(wait_until(lambda p=p: gone(p), timeout=5) for p in pids)
+    assert all(wait_until(lambda p=p: gone(p), timeout=15) for p in pids)
     # Their socket is stale now; the executables fall back and a new daemon takes over.
     assert entry.serve("host-local", {**env_for("DEL"), entry.SOCKET_ENV: sock}, host_local(tmp_path))[0] == 0
     again = start_daemon_process(sock, log, "--no-preload", "--workers", "1")
