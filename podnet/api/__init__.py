@@ -1,1 +1,3 @@
-"""Kubernetes API helpers shared by every component (selectors; later the client and informers)."""
+"""Kubernetes API helpers shared by every component: label/field selectors, a kubeconfig
+loader, a synchronous API client (keep-alive pool, patch types, subresources, watch) and a
+list/watch/relist informer whose handlers only mark keys dirty for a reconcile Runner."""
