@@ -30,7 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +40,7 @@ import aiohttp
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from netns_tests.apiserver_fixtures import ApiServerProcess  # noqa: E402
-from podnet.testing.etcd import EtcdProcess  # noqa: E402
+from netns_tests.apiserver_fixtures import ApiServerProcess, etcd_and_apiserver  # noqa: E402
 
 NAMESPACE = "bench"
 BEGIN, END = "<!-- apiserver:start -->", "<!-- apiserver:end -->"
@@ -354,18 +353,6 @@ async def measure(server: ApiServerProcess, opts: Options) -> list[Result]:
     return results
 
 
-@contextlib.contextmanager
-def running_server(work: Path) -> Iterator[ApiServerProcess]:
-    etcd = EtcdProcess(str(work / "etcd"))
-    server = ApiServerProcess(etcd, work / "apiserver")
-    try:
-        etcd.start()
-        yield server.start()
-    finally:
-        server.cleanup()
-        etcd.cleanup()
-
-
 def rss_mib(pid: int) -> float:
     with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -472,7 +459,7 @@ def main(argv: list[str] | None = None) -> None:
     opts = Options(sorted(int(s) for s in args.sizes.split(",")), args.concurrency, args.gets,
                    args.patches, args.list_repeat, args.watchers, args.watch_events)
     with tempfile.TemporaryDirectory(prefix="podnet-bench-apiserver-") as work, \
-            running_server(Path(work)) as server:
+            etcd_and_apiserver(Path(work)) as server:
         results = asyncio.run(measure(server, opts))
         rss = rss_mib(server.proc.pid) if server.proc else float("nan")
     section = render(results, argv, rss, opts.concurrency)

@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +171,16 @@ def kubectl_binary(minor: int) -> str | None:
     """/usr/lib/google-cloud-sdk/bin/kubectl.1.<minor> when installed."""
     path = f"/usr/lib/google-cloud-sdk/bin/kubectl.1.{minor}"
     return path if os.access(path, os.X_OK) else shutil.which(f"kubectl.1.{minor}")
+
+
+@contextlib.contextmanager
+def etcd_and_apiserver(work: Path) -> Iterator[ApiServerProcess]:
+    """A fresh etcd plus a podnet-apiserver on it, both stopped (by PID) on exit."""
+    etcd = EtcdProcess(str(work / "etcd"))
+    server = ApiServerProcess(etcd, work / "apiserver")
+    try:
+        etcd.start()
+        yield server.start()
+    finally:
+        server.cleanup()
+        etcd.cleanup()

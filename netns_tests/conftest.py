@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from netns_tests.apiserver_fixtures import ApiServerProcess
+from netns_tests.apiserver_fixtures import ApiServerProcess, etcd_and_apiserver
 from podnet.testing.etcd import ETCD, EtcdProcess
 from podnet.testing.harness import Topology
 
@@ -86,12 +86,5 @@ def shared_apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiSe
     """One etcd + podnet-apiserver for a whole module (read-mostly scenarios: kubectl runs)."""
     if not os.path.exists(ETCD):
         pytest.skip("etcd missing: apt-get install etcd-server")
-    base = tmp_path_factory.mktemp("shared-apiserver")
-    etcd_proc = EtcdProcess(str(base / "etcd"))
-    server = ApiServerProcess(etcd_proc, base / "apiserver")
-    try:
-        etcd_proc.start()
-        yield server.start()
-    finally:
-        server.cleanup()
-        etcd_proc.cleanup()
+    with etcd_and_apiserver(tmp_path_factory.mktemp("shared-apiserver")) as server:
+        yield server
