@@ -1,0 +1,266 @@
+"""The scheduler loop: a queue of pending pods, assumed bindings, POST pods/binding.
+
+Informers on nodes and pods feed `Scheduler.node_changed` / `pod_changed` (on the informer
+threads: they only record work).  `run` pops one pod per cycle on its own thread and schedules it
+with the pure core against the caches, overlaid with the bindings this process made that the pod
+watch has not shown yet ("assumed"), so two pods in a row never overfill a node.
+
+A 409 on the binding (someone else bound it, or it changed) forgets the assumption and requeues the
+pod.  An unschedulable pod gets PodScheduled=False/Unschedulable with the core's message and waits
+in `unschedulable` until a node or pod changes, or the periodic retry.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from controlplane.scheduler.framework import Unschedulable, build_node_infos, schedule_on
+from podnet.api.client import PODS, ApiError, Resource
+
+__all__ = ["DEFAULT_SCHEDULER_NAME", "Scheduler", "SchedulingQueue", "is_pending"]
+
+log = logging.getLogger("podnet.scheduler")
+
+DEFAULT_SCHEDULER_NAME = "default-scheduler"
+Obj = dict[str, Any]
+
+
+class Api(Protocol):
+    """The part of podnet.api.client.Client the scheduler writes with (unit tests fake this)."""
+
+    def bind(self, pod_name: str, node_name: str, namespace: str | None = None) -> Obj: ...
+
+    def patch(self, res: Resource, name: str, patch: Any, namespace: str | None = None, *,
+              patch_type: str = "merge", subresource: str | None = None, field_manager: str | None = None,
+              force: bool | None = None) -> Obj: ...
+
+
+class Cache(Protocol):
+    """The part of podnet.api.informer.Informer the scheduler reads."""
+
+    def get(self, key: str) -> Obj | None: ...
+
+    def list(self) -> list[Obj]: ...
+
+    def snapshot(self) -> dict[str, Obj]: ...
+
+
+def is_pending(pod: Mapping[str, Any], scheduler_name: str) -> bool:
+    """Ours to schedule: not bound, our schedulerName (the API server defaults it), not terminating,
+    not finished."""
+    spec = pod.get("spec") or {}
+    if spec.get("nodeName"):
+        return False
+    if (spec.get("schedulerName") or DEFAULT_SCHEDULER_NAME) != scheduler_name:
+        return False
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+
+
+class SchedulingQueue:
+    """FIFO of pod keys to try (`active`) plus the keys that did not fit (`unschedulable`), which
+    wait for a cluster change (`move_all_to_active`).  A key is in at most one of the two."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active: collections.deque[str] = collections.deque()
+        self._queued: set[str] = set()  # keys in _active; forget() removes lazily (pop skips)
+        self._unschedulable: set[str] = set()
+
+    def add(self, key: str) -> None:
+        with self._cond:
+            self._unschedulable.discard(key)
+            if key in self._queued:
+                return
+            self._queued.add(key)
+            self._active.append(key)
+            self._cond.notify()
+
+    def forget(self, key: str) -> None:
+        with self._cond:
+            self._queued.discard(key)
+            self._unschedulable.discard(key)
+
+    def mark_unschedulable(self, key: str) -> None:
+        with self._cond:
+            if key not in self._queued:
+                self._unschedulable.add(key)
+
+    def move_all_to_active(self) -> int:
+        with self._cond:
+            keys, self._unschedulable = sorted(self._unschedulable), set()
+        for key in keys:
+            self.add(key)
+        return len(keys)
+
+    def pop(self, timeout: float) -> str | None:
+        """The next key, or None after `timeout` seconds with nothing to do."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                while self._active:
+                    key = self._active.popleft()
+                    if key in self._queued:
+                        self._queued.discard(key)
+                        return key
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+
+    def active(self) -> list[str]:
+        with self._cond:
+            return [k for k in self._active if k in self._queued]
+
+    def unschedulable(self) -> set[str]:
+        with self._cond:
+            return set(self._unschedulable)
+
+
+def _now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _has_condition(pod: Mapping[str, Any], message: str) -> bool:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "PodScheduled":
+            return bool(cond.get("status") == "False" and cond.get("reason") == "Unschedulable"
+                        and cond.get("message") == message)
+    return False
+
+
+class Scheduler:
+    def __init__(self, api: Api, nodes: Cache, pods: Cache, *,
+                 scheduler_name: str = DEFAULT_SCHEDULER_NAME, rng: random.Random | None = None,
+                 retry_period: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.api, self.nodes, self.pods = api, nodes, pods
+        self.scheduler_name = scheduler_name
+        self.rng = rng  # None: ties go to the smallest node name (tests); the daemon passes a Random
+        self.retry_period = retry_period
+        self.clock = clock
+        self.queue = SchedulingQueue()
+        self._assumed: dict[str, Obj] = {}  # pod key -> the pod with spec.nodeName we bound it to
+        self._lock = threading.Lock()
+        self._next_retry = clock() + retry_period
+        self.bound = 0  # bindings that succeeded, for logs and tests
+
+    # ------------------------------------------------------------------ informer handlers
+    def pod_changed(self, key: str) -> None:
+        """Any pod event.  Its own state decides whether it is queued; any pod change may have
+        freed room (deleted, finished, resized) so the unschedulable pods get another try."""
+        pod = self.pods.get(key)
+        if pod is None or (pod.get("spec") or {}).get("nodeName"):
+            with self._lock:
+                self._assumed.pop(key, None)  # the watch caught up (or the pod is gone)
+        if pod is not None and is_pending(pod, self.scheduler_name):
+            self.queue.add(key)
+        else:
+            self.queue.forget(key)
+        self.queue.move_all_to_active()
+
+    def node_changed(self, key: str) -> None:
+        self.queue.move_all_to_active()
+
+    def assumed(self) -> dict[str, Obj]:
+        with self._lock:
+            return dict(self._assumed)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, stop: threading.Event, poll: float = 0.5) -> None:
+        """Schedule until `stop` is set; `poll` bounds how late a stop is noticed."""
+        while not stop.is_set():
+            self.maybe_retry_unschedulable()
+            key = self.queue.pop(poll)
+            if key is None:
+                continue
+            try:
+                self.schedule_one(key)
+            except Exception:  # a transport error, a bug: this pod waits, the loop goes on
+                log.exception("scheduling %s failed", key)
+                self.queue.mark_unschedulable(key)
+
+    def maybe_retry_unschedulable(self) -> None:
+        """The periodic retry: a change the informers cannot see (or a failed write) is not stuck."""
+        now = self.clock()
+        if now >= self._next_retry:
+            self._next_retry = now + self.retry_period
+            moved = self.queue.move_all_to_active()
+            if moved:
+                log.debug("periodic retry of %d unschedulable pods", moved)
+
+    def schedule_one(self, key: str) -> str | None:
+        """One cycle for `key`: the node it was bound to, or None (not ours, did not fit, lost)."""
+        pod = self.pods.get(key)
+        if pod is None or not is_pending(pod, self.scheduler_name):
+            return None
+        with self._lock:
+            if key in self._assumed:
+                return None  # bound by us; the watch has not shown it yet
+        infos = build_node_infos(self.nodes.list(), self._pods_with_assumed().values())
+        try:
+            node = schedule_on(pod, infos, self.rng)
+        except Unschedulable as e:
+            self._unschedulable(key, pod, e.message)
+            return None
+        return node if self._bind(key, pod, node) else None
+
+    def _pods_with_assumed(self) -> dict[str, Obj]:
+        pods = self.pods.snapshot()
+        with self._lock:
+            for key, assumed in list(self._assumed.items()):
+                if key in pods:
+                    pods[key] = assumed
+                else:
+                    del self._assumed[key]  # deleted while its binding was in flight
+        return pods
+
+    def _bind(self, key: str, pod: Obj, node: str) -> bool:
+        """Assume first (the next cycle must see it), then POST the binding; undo on failure."""
+        meta = pod.get("metadata") or {}
+        with self._lock:
+            self._assumed[key] = {**pod, "spec": {**(pod.get("spec") or {}), "nodeName": node}}
+        try:
+            self.api.bind(str(meta["name"]), node, meta.get("namespace"))
+        except ApiError as e:
+            self._forget(key)
+            if e.conflict:
+                log.info("binding %s to %s: %s; requeued", key, node, e)
+                self.queue.add(key)  # the next cycle re-reads the cache (it may be bound by then)
+            else:
+                log.warning("binding %s to %s: %s; retrying later", key, node, e)
+                self.queue.mark_unschedulable(key)
+            return False
+        except Exception:
+            self._forget(key)
+            raise
+        self.bound += 1
+        log.info("bound %s to %s", key, node)
+        return True
+
+    def _forget(self, key: str) -> None:
+        with self._lock:
+            self._assumed.pop(key, None)
+
+    def _unschedulable(self, key: str, pod: Obj, message: str) -> None:
+        """Park the pod and say why on its status (only when the message changed: the patch is a
+        pod event, which would otherwise retry it forever)."""
+        self.queue.mark_unschedulable(key)
+        if _has_condition(pod, message):
+            return
+        log.info("%s is unschedulable: %s", key, message)
+        meta = pod.get("metadata") or {}
+        condition = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                     "message": message, "lastProbeTime": None, "lastTransitionTime": _now_rfc3339()}
+        try:
+            self.api.patch(PODS, str(meta["name"]), {"status": {"conditions": [condition]}},
+                           meta.get("namespace"), patch_type="strategic", subresource="status")
+        except ApiError as e:  # the pod stays parked; the next retry writes the condition again
+            log.warning("patching PodScheduled on %s: %s", key, e)

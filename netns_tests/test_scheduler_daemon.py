@@ -1,0 +1,126 @@
+"""podnet-scheduler as a process against a real podnet-apiserver: 3 fake nodes, 12 pods, no kubelet."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from netns_tests.apiserver_fixtures import ApiServerProcess
+from podnet.api.client import NODES, PODS, Client
+from podnet.api.kubeconfig import load_kubeconfig
+
+REPO = Path(__file__).resolve().parent.parent
+NODE_NAMES = ["node-a", "node-b", "node-c"]
+
+
+def _scheduler_command() -> list[str]:
+    script = Path(sys.executable).parent / "podnet-scheduler"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "controlplane.scheduler"]
+
+
+def _node(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"zone": "z1"}},
+            "status": {"allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
+                       "capacity": {"cpu": "2", "memory": "4Gi", "pods": "110"},
+                       "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def _pod(name: str, node_selector: dict[str, str] | None = None) -> dict[str, Any]:
+    container = {"name": "c", "image": "pause",
+                 "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}
+    spec: dict[str, Any] = {"containers": [container]}
+    if node_selector:
+        spec["nodeSelector"] = node_selector
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+
+
+@pytest.fixture
+def client(apiserver: ApiServerProcess) -> Iterator[Client]:
+    c = Client.from_config(load_kubeconfig(apiserver.kubeconfig()))
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def scheduler(apiserver: ApiServerProcess, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """podnet-scheduler on the fixture's API server (and its log); killed by its recorded PID."""
+    log_path = tmp_path / "scheduler.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([*_scheduler_command(), f"--kubeconfig={apiserver.kubeconfig()}"],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    pid = proc.pid
+    try:
+        yield proc, log_path
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            proc.wait(10)
+        print(log_path.read_text(errors="replace")[-4000:])
+
+
+def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _pods(client: Client) -> dict[str, dict[str, Any]]:
+    return {p["metadata"]["name"]: p for p in client.list(PODS, "default")["items"]}
+
+
+def _scheduled_condition(pod: dict[str, Any]) -> dict[str, Any] | None:
+    conds = (pod.get("status") or {}).get("conditions") or []
+    return next((c for c in conds if c.get("type") == "PodScheduled"), None)
+
+
+def test_binds_twelve_pods_spread_and_reports_unschedulable(
+        client: Client, scheduler: tuple[subprocess.Popen[bytes], Path]) -> None:
+    proc, log_path = scheduler
+    for name in NODE_NAMES:
+        client.create(NODES, _node(name))
+    names = [f"web-{i:02d}" for i in range(12)]
+    # half the pods come in the scheduler's first list, half through its watch
+    for name in names[:6]:
+        client.create(PODS, _pod(name), "default")
+    _wait(lambda: b"caches synced" in log_path.read_bytes(), 20.0, "the scheduler's caches to sync")
+    for name in names[6:]:
+        client.create(PODS, _pod(name), "default")
+    client.create(PODS, _pod("nowhere", {"zone": "does-not-exist"}), "default")
+
+    def all_bound() -> bool:
+        pods = _pods(client)
+        return all(pods[n]["spec"].get("nodeName") for n in names)
+
+    _wait(all_bound, 20.0, "12 pods bound")
+    spread = Counter(_pods(client)[n]["spec"]["nodeName"] for n in names)
+    assert spread == {name: 4 for name in NODE_NAMES}
+
+    def nowhere_reported() -> bool:
+        cond = _scheduled_condition(_pods(client)["nowhere"])
+        return cond is not None and cond.get("status") == "False"
+
+    _wait(nowhere_reported, 20.0, "PodScheduled=False on the unschedulable pod")
+    pod = _pods(client)["nowhere"]
+    cond = _scheduled_condition(pod)
+    assert cond is not None and cond["reason"] == "Unschedulable"
+    assert cond["message"].startswith("0/3 nodes are available"), cond["message"]
+    assert not pod["spec"].get("nodeName")
+
+    # a clean exit on SIGTERM
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(15) == 0
