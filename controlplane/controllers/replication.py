@@ -1,0 +1,444 @@
+"""The ReplicationController controller.
+
+Informers on RCs and pods only mark RC keys dirty; one `sync` per key reads the caches and converges:
+claim pods (adopt matching orphans, release owned pods whose labels stopped matching), create or
+delete pods so the active owned ones equal spec.replicas, then write status when it changed.
+
+Expectations (upstream's ControllerExpectations): after creating/deleting N pods the RC waits until
+the pod watch has shown those N events (or a TTL passed) before computing another diff, so a second
+sync that runs before the watch caught up does not create duplicates or delete too many.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from podnet.api.client import PODS, REPLICATIONCONTROLLERS, ApiError, Resource
+from podnet.api.informer import DirtyKeys, object_key
+from podnet.api.selectors import LabelSelector, selector_from_set
+
+__all__ = ["Claims", "Expectations", "ReplicationManager", "claim_pods", "compute_status",
+           "controller_ref", "is_active", "rank_for_deletion", "replica_diff"]
+
+log = logging.getLogger("podnet.controllers.replication")
+
+Obj = dict[str, Any]
+BURST = 500  # at most this many creations/deletions per sync (upstream's burstReplicas)
+EXPECTATIONS_TTL = 300.0  # upstream's ExpectationsTimeout: a lost watch event cannot wedge an RC
+
+
+class Api(Protocol):
+    """The part of podnet.api.client.Client the controller writes with (unit tests fake this)."""
+
+    def create(self, res: Resource, obj: Mapping[str, Any], namespace: str | None = None,
+               **query: Any) -> Obj: ...
+
+    def delete(self, res: Resource, name: str, namespace: str | None = None, *,
+               propagation_policy: str | None = None, grace_period_seconds: int | None = None,
+               preconditions: Mapping[str, str] | None = None) -> Obj: ...
+
+    def patch(self, res: Resource, name: str, patch: Any, namespace: str | None = None, *,
+              patch_type: str = "merge", subresource: str | None = None, field_manager: str | None = None,
+              force: bool | None = None) -> Obj: ...
+
+
+class Cache(Protocol):
+    """The part of podnet.api.informer.Informer the controller reads."""
+
+    def get(self, key: str) -> Obj | None: ...
+
+    def list(self) -> list[Obj]: ...
+
+
+# ---------------------------------------------------------------------------------- pure helpers
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return obj.get("metadata") or {}
+
+
+def controller_ref(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ownerReference with controller=true, if any (metav1.GetControllerOf)."""
+    for ref in _meta(obj).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return ref
+    return None
+
+
+def is_active(pod: Mapping[str, Any]) -> bool:
+    """Counts toward replicas: not terminating and not finished (controller.IsPodActive)."""
+    if _meta(pod).get("deletionTimestamp"):
+        return False
+    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+
+
+def is_ready(pod: Mapping[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def rc_selector(rc: Mapping[str, Any]) -> LabelSelector:
+    """spec.selector, defaulted (by the API server) to the template's labels; empty matches nothing
+    here, as upstream refuses to manage every pod in the namespace."""
+    spec = rc.get("spec") or {}
+    labels = spec.get("selector") or _meta(spec.get("template") or {}).get("labels") or {}
+    return selector_from_set(labels)
+
+
+def owner_reference(rc: Mapping[str, Any]) -> Obj:
+    meta = _meta(rc)
+    return {"apiVersion": "v1", "kind": "ReplicationController", "name": meta["name"],
+            "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+@dataclass
+class Claims:
+    """What claiming the namespace's pods found: owned (after adoption), to adopt, to release."""
+    owned: list[Obj] = field(default_factory=list)
+    adopt: list[Obj] = field(default_factory=list)
+    release: list[Obj] = field(default_factory=list)
+
+
+def claim_pods(rc: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> Claims:
+    """PodControllerRefManager.ClaimPods, pure: `adopt` pods are also in `owned` (the sync drops
+    the ones whose adoption patch fails)."""
+    selector = rc_selector(rc)
+    uid = _meta(rc).get("uid")
+    rc_deleting = bool(_meta(rc).get("deletionTimestamp"))
+    claims = Claims()
+    for pod in pods:
+        if _meta(pod).get("namespace") != _meta(rc).get("namespace"):
+            continue
+        matches = not selector.empty and selector.matches(_meta(pod).get("labels") or {})
+        ref = controller_ref(pod)
+        if ref is not None:
+            if ref.get("uid") != uid:
+                continue  # another controller's pod
+            if matches:
+                claims.owned.append(dict(pod))
+            elif not _meta(pod).get("deletionTimestamp"):
+                claims.release.append(dict(pod))
+        elif matches and not rc_deleting and not _meta(pod).get("deletionTimestamp"):
+            claims.adopt.append(dict(pod))
+            claims.owned.append(dict(pod))
+    return claims
+
+
+def replica_diff(rc: Mapping[str, Any], active: Sequence[Mapping[str, Any]]) -> int:
+    """Pods to create (> 0) or delete (< 0), capped at BURST; spec.replicas defaults to 1."""
+    replicas = (rc.get("spec") or {}).get("replicas")
+    want = 1 if replicas is None else int(replicas)
+    diff = want - len(active)
+    return max(-BURST, min(BURST, diff))
+
+
+_PHASE_RANK = {"Pending": 0, "Unknown": 1, "Running": 2}
+
+
+def rank_for_deletion(pods: Iterable[Mapping[str, Any]]) -> list[Obj]:
+    """Pods ordered best-to-delete first (upstream ActivePods): unscheduled before scheduled,
+    Pending < Unknown < Running, not ready before ready, then newest first; name breaks ties."""
+    ordered = sorted((dict(p) for p in pods), key=lambda p: str(_meta(p).get("name", "")))
+    ordered.sort(key=lambda p: str(_meta(p).get("creationTimestamp") or ""), reverse=True)
+    ordered.sort(key=lambda p: (bool((p.get("spec") or {}).get("nodeName")),
+                                _PHASE_RANK.get((p.get("status") or {}).get("phase", ""), 0),
+                                is_ready(p)))
+    return ordered
+
+
+def _parse_time(text: str) -> float | None:
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _available(pod: Mapping[str, Any], min_ready: int, now: float) -> bool:
+    if not is_ready(pod):
+        return False
+    if min_ready <= 0:
+        return True
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            since = _parse_time(str(cond.get("lastTransitionTime") or ""))
+            return since is not None and since + min_ready <= now
+    return False
+
+
+def compute_status(rc: Mapping[str, Any], active: Sequence[Mapping[str, Any]], now: float) -> Obj:
+    """The RC's new status from its active owned pods; conditions are kept as they are."""
+    spec = rc.get("spec") or {}
+    template_labels = selector_from_set(_meta(spec.get("template") or {}).get("labels") or {})
+    min_ready = int(spec.get("minReadySeconds") or 0)
+    status: Obj = {
+        "replicas": len(active),
+        "fullyLabeledReplicas": sum(template_labels.matches(_meta(p).get("labels") or {}) for p in active),
+        "readyReplicas": sum(is_ready(p) for p in active),
+        "availableReplicas": sum(_available(p, min_ready, now) for p in active),
+        "observedGeneration": _meta(rc).get("generation", 0),
+    }
+    if (rc.get("status") or {}).get("conditions"):
+        status["conditions"] = rc["status"]["conditions"]
+    return status
+
+
+def status_changed(rc: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Zero counts are omitted by the server (omitempty), so a missing field equals 0."""
+    old = rc.get("status") or {}
+    return any((old.get(k) or 0) != (v or 0) for k, v in new.items() if k != "conditions")
+
+
+# ---------------------------------------------------------------------------------- expectations
+@dataclass
+class _Expectation:
+    adds: int
+    deletes: set[str]
+    stamp: float
+
+
+class Expectations:
+    """Per RC key: creations still to be seen (a count) and deletions still to be seen (pod keys,
+    as upstream's UIDTrackingControllerExpectations).  Thread-safe: informer threads observe."""
+
+    def __init__(self, ttl: float = EXPECTATIONS_TTL, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl, self.clock = ttl, clock
+        self._lock = threading.Lock()
+        self._items: dict[str, _Expectation] = {}
+
+    def satisfied(self, key: str) -> bool:
+        """True when nothing is pending, or the expectation is older than the TTL."""
+        with self._lock:
+            exp = self._items.get(key)
+            if exp is None:
+                return True
+            return (exp.adds <= 0 and not exp.deletes) or self.clock() - exp.stamp > self.ttl
+
+    def expect(self, key: str, adds: int = 0, deletes: Iterable[str] = ()) -> None:
+        with self._lock:
+            self._items[key] = _Expectation(adds, set(deletes), self.clock())
+
+    def creation_observed(self, key: str) -> None:
+        with self._lock:
+            exp = self._items.get(key)
+            if exp is not None and exp.adds > 0:
+                exp.adds -= 1
+
+    def deletion_observed(self, key: str, pod_key: str) -> None:
+        with self._lock:
+            exp = self._items.get(key)
+            if exp is not None:
+                exp.deletes.discard(pod_key)
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
+    def pending(self, key: str) -> tuple[int, set[str]]:
+        with self._lock:
+            exp = self._items.get(key)
+            return (exp.adds, set(exp.deletes)) if exp else (0, set())
+
+
+# ---------------------------------------------------------------------------------- the controller
+def _rc_key(namespace: str | None, name: str) -> str:
+    return f"{namespace}/{name}" if namespace else name
+
+
+def _owner_key(pod: Mapping[str, Any]) -> str | None:
+    ref = controller_ref(pod)
+    if ref is None or ref.get("kind") != "ReplicationController":
+        return None
+    return _rc_key(_meta(pod).get("namespace"), str(ref.get("name")))
+
+
+class ReplicationManager:
+    def __init__(self, api: Api, rcs: Cache, pods: Cache, *, resync_period: float = 30.0,
+                 retry_delay: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 expectations: Expectations | None = None) -> None:
+        self.api, self.rcs, self.pods = api, rcs, pods
+        self.resync_period, self.retry_delay, self.clock = resync_period, retry_delay, clock
+        self.expectations = expectations or Expectations(clock=clock)
+        self.dirty = DirtyKeys()
+        self._wake = threading.Event()
+        self._retry: dict[str, float] = {}  # key -> when to sync it again after a failure
+        self._next_resync = clock() + resync_period
+        self.syncs = 0
+
+    # ------------------------------------------------------------------ informer handlers (record only)
+    def _mark(self, key: str) -> None:
+        self.dirty.mark(key)
+        self._wake.set()
+
+    def rc_changed(self, key: str) -> None:
+        self._mark(key)
+
+    def pod_added(self, pod: Obj) -> None:
+        owner = _owner_key(pod)
+        if owner is not None:
+            if _meta(pod).get("deletionTimestamp"):
+                self.expectations.deletion_observed(owner, object_key(pod))
+            else:
+                self.expectations.creation_observed(owner)
+        self._mark_interested(pod)
+
+    def pod_updated(self, old: Obj, new: Obj) -> None:
+        owner = _owner_key(new)
+        if owner is not None and _meta(new).get("deletionTimestamp"):
+            self.expectations.deletion_observed(owner, object_key(new))
+        self._mark_interested(old)
+        self._mark_interested(new)
+
+    def pod_deleted(self, pod: Obj) -> None:
+        owner = _owner_key(pod)
+        if owner is not None:
+            self.expectations.deletion_observed(owner, object_key(pod))
+        self._mark_interested(pod)
+
+    def _mark_interested(self, pod: Mapping[str, Any]) -> None:
+        """Its controller, or (an orphan) every RC of its namespace whose selector matches it."""
+        owner = _owner_key(pod)
+        if owner is not None:
+            self._mark(owner)
+            return
+        if controller_ref(pod) is not None:
+            return  # another kind of controller owns it
+        labels = _meta(pod).get("labels") or {}
+        for rc in self.rcs.list():
+            if _meta(rc).get("namespace") == _meta(pod).get("namespace"):
+                selector = rc_selector(rc)
+                if not selector.empty and selector.matches(labels):
+                    self._mark(object_key(rc))
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, stop: threading.Event, poll: float = 0.5) -> None:
+        """Sync dirty keys until `stop` is set; failures retry after `retry_delay`."""
+        while not stop.is_set():
+            self._wake.wait(poll)
+            self._wake.clear()
+            self._requeue_due()
+            for key in sorted(self.dirty.take()):
+                if stop.is_set():
+                    return
+                try:
+                    self.sync(key)
+                except Exception:  # a transport error, a conflict, a bug: this key retries later
+                    log.exception("syncing %s failed; retrying", key)
+                    self._retry[key] = self.clock() + self.retry_delay
+
+    def _requeue_due(self) -> None:
+        """Due retries, and periodically every RC (a missed event or an expired expectation)."""
+        now = self.clock()
+        for key, due in list(self._retry.items()):
+            if due <= now:
+                del self._retry[key]
+                self.dirty.mark(key)
+        if now >= self._next_resync:
+            self._next_resync = now + self.resync_period
+            for rc in self.rcs.list():
+                self.dirty.mark(object_key(rc))
+
+    def sync(self, key: str) -> None:
+        """One level-triggered pass over RC `key`."""
+        self.syncs += 1
+        rc = self.rcs.get(key)
+        if rc is None:
+            self.expectations.forget(key)
+            return
+        claims = claim_pods(rc, self.pods.list())
+        owned = self._adopt_and_release(rc, claims)
+        active = [p for p in owned if is_active(p)]
+        if self.expectations.satisfied(key) and not _meta(rc).get("deletionTimestamp"):
+            self._manage_replicas(key, rc, active)
+        self._update_status(rc, active)
+
+    def _adopt_and_release(self, rc: Obj, claims: Claims) -> list[Obj]:
+        """Patch ownerReferences with the pod's resourceVersion as a precondition (a 409 means the
+        pod changed: the pod event marks the RC dirty again).  Returns the pods it owns now."""
+        ns = _meta(rc).get("namespace")
+        ours = owner_reference(rc)
+        failed: set[str] = set()
+        for pod in claims.adopt:
+            refs = [*(_meta(pod).get("ownerReferences") or []), ours]
+            if not self._patch_refs(pod, refs, ns, "adopting"):
+                failed.add(object_key(pod))
+        for pod in claims.release:
+            refs = [r for r in _meta(pod).get("ownerReferences") or [] if r.get("uid") != ours["uid"]]
+            self._patch_refs(pod, refs or None, ns, "releasing")
+        return [p for p in claims.owned if object_key(p) not in failed]
+
+    def _patch_refs(self, pod: Obj, refs: list[Any] | None, ns: str | None, what: str) -> bool:
+        meta = _meta(pod)
+        patch = {"metadata": {"ownerReferences": refs, "resourceVersion": meta.get("resourceVersion")}}
+        try:
+            self.api.patch(PODS, str(meta["name"]), patch, ns)
+        except ApiError as e:
+            if e.not_found or e.conflict:
+                log.info("%s %s: %s", what, object_key(pod), e)
+                return False
+            raise
+        log.info("%s pod %s", what, object_key(pod))
+        return True
+
+    def _manage_replicas(self, key: str, rc: Obj, active: list[Obj]) -> None:
+        diff = replica_diff(rc, active)
+        if diff > 0:
+            self._create_pods(key, rc, diff)
+        elif diff < 0:
+            self._delete_pods(key, rank_for_deletion(active)[:-diff])
+
+    def _create_pods(self, key: str, rc: Obj, count: int) -> None:
+        """Expect first (the watch may show a pod before create() returns); a failed creation will
+        never be observed, so it lowers the expectation itself."""
+        self.expectations.expect(key, adds=count)
+        ns = _meta(rc).get("namespace")
+        pod = pod_from_template(rc)
+        errors: list[Exception] = []
+        for _ in range(count):
+            try:
+                self.api.create(PODS, pod, ns)
+            except ApiError as e:
+                self.expectations.creation_observed(key)
+                errors.append(e)
+        log.info("%s: created %d pods", key, count - len(errors))
+        if errors:
+            raise errors[0]
+
+    def _delete_pods(self, key: str, pods: list[Obj]) -> None:
+        self.expectations.expect(key, deletes=[object_key(p) for p in pods])
+        errors: list[Exception] = []
+        for pod in pods:
+            meta = _meta(pod)
+            try:
+                self.api.delete(PODS, str(meta["name"]), meta.get("namespace"),
+                                preconditions={"uid": str(meta.get("uid"))})
+            except ApiError as e:
+                self.expectations.deletion_observed(key, object_key(pod))
+                if not e.not_found:
+                    errors.append(e)
+        log.info("%s: deleted %d pods", key, len(pods) - len(errors))
+        if errors:
+            raise errors[0]
+
+    def _update_status(self, rc: Obj, active: list[Obj]) -> None:
+        status = compute_status(rc, active, time.time())
+        if not status_changed(rc, status):
+            return
+        meta = _meta(rc)
+        self.api.patch(REPLICATIONCONTROLLERS, str(meta["name"]), {"status": status},
+                       meta.get("namespace"), subresource="status")
+
+
+def pod_from_template(rc: Mapping[str, Any]) -> Obj:
+    """A pod for `rc`: the template's labels, annotations and spec, generateName "<rc>-", and the
+    controller ownerReference (upstream GetPodFromTemplate)."""
+    template = (rc.get("spec") or {}).get("template") or {}
+    tmeta = _meta(template)
+    meta: Obj = {"generateName": f"{_meta(rc)['name']}-", "ownerReferences": [owner_reference(rc)]}
+    for name in ("labels", "annotations", "finalizers"):
+        if tmeta.get(name):
+            meta[name] = tmeta[name]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template.get("spec") or {}}
