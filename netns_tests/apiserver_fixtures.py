@@ -184,3 +184,28 @@ def etcd_and_apiserver(work: Path) -> Iterator[ApiServerProcess]:
     finally:
         server.cleanup()
         etcd.cleanup()
+
+
+def component_command(script: str, module: str) -> list[str]:
+    """The installed console script of a control-plane component, else `python -m <module>`."""
+    path = Path(sys.executable).parent / script
+    return [str(path)] if path.exists() else [sys.executable, "-m", module]
+
+
+@contextlib.contextmanager
+def component_process(server: ApiServerProcess, log_path: Path, command: list[str]
+                      ) -> Iterator[subprocess.Popen[bytes]]:
+    """A component process (`command --kubeconfig=...`) on `server`, its output in `log_path`;
+    killed by its recorded PID at exit, and the log's tail printed for the test report."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([*command, f"--kubeconfig={server.kubeconfig()}"], stdout=log,
+                                stderr=subprocess.STDOUT, cwd=REPO,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        print(log_path.read_text(errors="replace")[-4000:])

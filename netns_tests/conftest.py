@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from netns_tests.apiserver_fixtures import ApiServerProcess, etcd_and_apiserver
+from podnet.api.client import Client
+from podnet.api.kubeconfig import load_kubeconfig
 from podnet.testing.etcd import ETCD, EtcdProcess
 from podnet.testing.harness import Topology
 
@@ -88,3 +90,11 @@ def shared_apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiSe
         pytest.skip("etcd missing: apt-get install etcd-server")
     with etcd_and_apiserver(tmp_path_factory.mktemp("shared-apiserver")) as server:
         yield server
+
+
+@pytest.fixture
+def client(apiserver: ApiServerProcess) -> Iterator[Client]:
+    """An API client (podnet.api) on the per-test `apiserver`, closed afterwards."""
+    c = Client.from_config(load_kubeconfig(apiserver.kubeconfig()))
+    yield c
+    c.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,26 +13,12 @@ from netns_tests.apiserver_fixtures import ApiServerProcess
 from podnet.api.client import CONFIGMAPS, NAMESPACES, NODES, PODS, REPLICATIONCONTROLLERS, ApiError, Client
 from podnet.api.informer import Handlers, Informer
 from podnet.api.kubeconfig import load_kubeconfig
-
-
-@pytest.fixture
-def client(apiserver: ApiServerProcess) -> Iterator[Client]:
-    c = Client.from_config(load_kubeconfig(apiserver.kubeconfig()))
-    yield c
-    c.close()
+from podnet.testing.wait import wait_until
 
 
 def _cm(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels or {}},
             "data": {"k": name}}
-
-
-def _wait(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 def test_crud_and_errors(client: Client) -> None:
@@ -174,7 +159,7 @@ def test_informer_sync_events_and_index(client: Client) -> None:
         client.create(CONFIGMAPS, _cm("after", {"parity": "odd"}))
         client.patch(CONFIGMAPS, "before", {"metadata": {"labels": {"parity": "even"}}})
         client.delete(CONFIGMAPS, "after")
-        _wait(lambda: ("delete", "after") in events)
+        wait_until(lambda: ("delete", "after") in events)
         assert events == [("add", "before"), ("add", "after"), ("update", "before"), ("delete", "after")]
         assert [o["metadata"]["name"] for o in inf.by_index("parity", "even")] == ["before"]
         assert inf.by_index("parity", "odd") == []
@@ -191,10 +176,10 @@ def test_informer_relists_after_410_without_losing_events(client: Client,
     lw = _ExpireFirstWatch(client, old_rv)
     inf = _recording_informer(lw, events).start()
     try:
-        _wait(lambda: inf.get("default/during-gap") is not None)
+        wait_until(lambda: inf.get("default/during-gap") is not None)
         assert inf.relists == 2 and ("add", "during-gap") in events
         client.create(CONFIGMAPS, _cm("later"))
-        _wait(lambda: ("add", "later") in events)
+        wait_until(lambda: ("add", "later") in events)
     finally:
         inf.stop()
 
@@ -212,7 +197,7 @@ def test_informer_survives_apiserver_restart(client: Client, apiserver: ApiServe
         client.delete(CONFIGMAPS, "gone")
         client.patch(CONFIGMAPS, "keep", {"data": {"k": "changed"}})
         client.create(CONFIGMAPS, _cm("new"))
-        _wait(lambda: inf.keys() == {"default/keep", "default/new"}
+        wait_until(lambda: inf.keys() == {"default/keep", "default/new"}
               and inf.get("default/keep")["data"]["k"] == "changed")  # type: ignore[index]
         assert {("delete", "gone"), ("update", "keep"), ("add", "new")} <= set(events)
         assert inf.relists >= 2

@@ -3,11 +3,9 @@ a deleted pod, a relabelled pod and scale down (no scheduler, no kubelet: pods s
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,16 +13,11 @@ from typing import Any
 
 import pytest
 
-from netns_tests.apiserver_fixtures import ApiServerProcess
+from netns_tests.apiserver_fixtures import ApiServerProcess, component_command, component_process
 from podnet.api.client import PODS, REPLICATIONCONTROLLERS, Client
-from podnet.api.kubeconfig import load_kubeconfig
+from podnet.testing.wait import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _manager_command() -> list[str]:
-    script = Path(sys.executable).parent / "podnet-controller-manager"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "controlplane.controllers"]
 
 
 def _rc(name: str, replicas: int) -> dict[str, Any]:
@@ -35,38 +28,12 @@ def _rc(name: str, replicas: int) -> dict[str, Any]:
 
 
 @pytest.fixture
-def client(apiserver: ApiServerProcess) -> Iterator[Client]:
-    c = Client.from_config(load_kubeconfig(apiserver.kubeconfig()))
-    yield c
-    c.close()
-
-
-@pytest.fixture
 def manager(apiserver: ApiServerProcess, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
     """podnet-controller-manager on the fixture's API server (and its log); killed by its PID."""
     log_path = tmp_path / "controller-manager.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([*_manager_command(), f"--kubeconfig={apiserver.kubeconfig()}"],
-                                stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    pid = proc.pid
-    try:
+    command = component_command("podnet-controller-manager", "controlplane.controllers")
+    with component_process(apiserver, log_path, command) as proc:
         yield proc, log_path
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            proc.wait(10)
-        print(log_path.read_text(errors="replace")[-4000:])
-
-
-def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _live_pods(client: Client) -> dict[str, dict[str, Any]]:
@@ -99,7 +66,7 @@ def test_rc_scale_delete_relabel(client: Client, manager: tuple[subprocess.Popen
     proc, log_path = manager
     rc = client.create(REPLICATIONCONTROLLERS, _rc("web", 3), "default")
     uid = rc["metadata"]["uid"]
-    _wait(_settled(client, uid, 3, 3), 20.0, "3 owned pods")
+    wait_until(_settled(client, uid, 3, 3), 20.0, "3 owned pods")
     _hold(_settled(client, uid, 3, 3), 1.5, "3 owned pods")
     for pod in _owned(client, uid).values():
         assert pod["metadata"]["name"].startswith("web-")
@@ -110,28 +77,28 @@ def test_rc_scale_delete_relabel(client: Client, manager: tuple[subprocess.Popen
         return lambda: (client.get(REPLICATIONCONTROLLERS, "web", "default").get("status") or {}).get(
             "replicas") == n
 
-    _wait(status_replicas(3), 10.0, "status.replicas=3")
+    wait_until(status_replicas(3), 10.0, "status.replicas=3")
 
     client.set_scale(REPLICATIONCONTROLLERS, "web", 5, "default")
-    _wait(_settled(client, uid, 5, 5), 20.0, "5 owned pods after scale")
-    _wait(status_replicas(5), 10.0, "status.replicas=5")
+    wait_until(_settled(client, uid, 5, 5), 20.0, "5 owned pods after scale")
+    wait_until(status_replicas(5), 10.0, "status.replicas=5")
 
     victim = sorted(_owned(client, uid))[0]
     client.delete(PODS, victim, "default")
-    _wait(lambda: victim not in _live_pods(client) and _settled(client, uid, 5, 5)(), 20.0,
+    wait_until(lambda: victim not in _live_pods(client) and _settled(client, uid, 5, 5)(), 20.0,
           "a replacement for the deleted pod")
 
     relabelled = sorted(_owned(client, uid))[0]
     client.patch(PODS, relabelled, {"metadata": {"labels": {"app": "debug"}}}, "default")
-    _wait(_settled(client, uid, 5, 6), 20.0, "the relabelled pod released and replaced")
+    wait_until(_settled(client, uid, 5, 6), 20.0, "the relabelled pod released and replaced")
     assert relabelled not in _owned(client, uid)
     assert not _live_pods(client)[relabelled]["metadata"].get("ownerReferences")
     _hold(_settled(client, uid, 5, 6), 1.5, "6 pods, 5 owned")
 
     client.set_scale(REPLICATIONCONTROLLERS, "web", 1, "default")
-    _wait(_settled(client, uid, 1, 2), 20.0, "1 owned pod after scale down")
+    wait_until(_settled(client, uid, 1, 2), 20.0, "1 owned pod after scale down")
     _hold(_settled(client, uid, 1, 2), 1.5, "1 owned pod")
-    _wait(status_replicas(1), 10.0, "status.replicas=1")
+    wait_until(status_replicas(1), 10.0, "status.replicas=1")
 
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(15) == 0

@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
-import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from netns_tests.apiserver_fixtures import ApiServerProcess
+from netns_tests.apiserver_fixtures import ApiServerProcess, component_command, component_process
 from podnet.api.client import NODES, PODS, Client
-from podnet.api.kubeconfig import load_kubeconfig
+from podnet.testing.wait import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 NODE_NAMES = ["node-a", "node-b", "node-c"]
-
-
-def _scheduler_command() -> list[str]:
-    script = Path(sys.executable).parent / "podnet-scheduler"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "controlplane.scheduler"]
 
 
 def _node(name: str) -> dict[str, Any]:
@@ -45,38 +37,12 @@ def _pod(name: str, node_selector: dict[str, str] | None = None) -> dict[str, An
 
 
 @pytest.fixture
-def client(apiserver: ApiServerProcess) -> Iterator[Client]:
-    c = Client.from_config(load_kubeconfig(apiserver.kubeconfig()))
-    yield c
-    c.close()
-
-
-@pytest.fixture
 def scheduler(apiserver: ApiServerProcess, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
     """podnet-scheduler on the fixture's API server (and its log); killed by its recorded PID."""
     log_path = tmp_path / "scheduler.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([*_scheduler_command(), f"--kubeconfig={apiserver.kubeconfig()}"],
-                                stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    pid = proc.pid
-    try:
+    command = component_command("podnet-scheduler", "controlplane.scheduler")
+    with component_process(apiserver, log_path, command) as proc:
         yield proc, log_path
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            proc.wait(10)
-        print(log_path.read_text(errors="replace")[-4000:])
-
-
-def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _pods(client: Client) -> dict[str, dict[str, Any]]:
@@ -97,7 +63,7 @@ def test_binds_twelve_pods_spread_and_reports_unschedulable(
     # half the pods come in the scheduler's first list, half through its watch
     for name in names[:6]:
         client.create(PODS, _pod(name), "default")
-    _wait(lambda: b"caches synced" in log_path.read_bytes(), 20.0, "the scheduler's caches to sync")
+    wait_until(lambda: b"caches synced" in log_path.read_bytes(), 20.0, "the scheduler's caches to sync")
     for name in names[6:]:
         client.create(PODS, _pod(name), "default")
     client.create(PODS, _pod("nowhere", {"zone": "does-not-exist"}), "default")
@@ -106,7 +72,7 @@ def test_binds_twelve_pods_spread_and_reports_unschedulable(
         pods = _pods(client)
         return all(pods[n]["spec"].get("nodeName") for n in names)
 
-    _wait(all_bound, 20.0, "12 pods bound")
+    wait_until(all_bound, 20.0, "12 pods bound")
     spread = Counter(_pods(client)[n]["spec"]["nodeName"] for n in names)
     assert spread == {name: 4 for name in NODE_NAMES}
 
@@ -114,7 +80,7 @@ def test_binds_twelve_pods_spread_and_reports_unschedulable(
         cond = _scheduled_condition(_pods(client)["nowhere"])
         return cond is not None and cond.get("status") == "False"
 
-    _wait(nowhere_reported, 20.0, "PodScheduled=False on the unschedulable pod")
+    wait_until(nowhere_reported, 20.0, "PodScheduled=False on the unschedulable pod")
     pod = _pods(client)["nowhere"]
     cond = _scheduled_condition(pod)
     assert cond is not None and cond["reason"] == "Unschedulable"

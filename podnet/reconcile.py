@@ -16,6 +16,7 @@ The clock is injected so tests drive time with `FakeClock` instead of sleeping.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -187,3 +188,18 @@ class Runner:
             self._dirty = True
         LOG.exception("%s: sync failed (attempt %d), retrying in %.1fs",
                       self.name, self._failures, delay)
+
+
+def stop_event_on_signals(*signums: int) -> threading.Event:
+    """An Event set by SIGTERM/SIGINT (or `signums`): a daemon's loops poll it and wind down.
+
+    The handler only sets the flag: a signal handler runs between bytecodes of the main thread and
+    must not take locks that thread may hold (a queue's, a cache's)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    for signum in signums or (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    return stop

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Sequence
-from types import FrameType
 
 from controlplane.controllers.replication import ReplicationManager
 from podnet.api.client import PODS, REPLICATIONCONTROLLERS, Client
-from podnet.api.informer import Handlers, Informer
+from podnet.api.informer import Handlers, Informer, wait_for_all
 from podnet.api.kubeconfig import load_kubeconfig
+from podnet.reconcile import stop_event_on_signals
 
 log = logging.getLogger("podnet.controllers")
 
@@ -43,27 +41,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _wait_synced(informers: Sequence[Informer], stop: threading.Event) -> bool:
-    """Never act on a partial cache: a pod missing from it would be created twice."""
-    for informer in informers:
-        while not informer.wait_for_sync(0.5):
-            if stop.is_set():
-                return False
-    return True
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     client = Client.from_config(load_kubeconfig(args.kubeconfig), user_agent="podnet-controller-manager")
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()  # only a flag: the loop polls it
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_event_on_signals()
     rcs = Informer(client, REPLICATIONCONTROLLERS, name="informer-replicationcontrollers")
     pods = Informer(client, PODS, name="informer-pods")
     manager = ReplicationManager(client, rcs, pods, resync_period=args.resync_period)
@@ -72,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              on_delete=manager.pod_deleted)
     informers = [pods.start(), rcs.start()]
     try:
-        if _wait_synced(informers, stop):
+        if wait_for_all(informers, stop):
             log.info("caches synced; running controllers %s", ",".join(args.controllers))
             manager.run(stop)
     finally:

@@ -11,16 +11,14 @@ from __future__ import annotations
 import argparse
 import logging
 import random
-import signal
 import sys
-import threading
 from collections.abc import Sequence
-from types import FrameType
 
 from controlplane.scheduler.daemon import DEFAULT_SCHEDULER_NAME, Scheduler
 from podnet.api.client import NODES, PODS, Client
-from podnet.api.informer import Handlers, Informer
+from podnet.api.informer import Handlers, Informer, wait_for_all
 from podnet.api.kubeconfig import load_kubeconfig
+from podnet.reconcile import stop_event_on_signals
 
 log = logging.getLogger("podnet.scheduler")
 
@@ -36,27 +34,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _wait_synced(informers: Sequence[Informer], stop: threading.Event) -> bool:
-    """Never schedule from a partial cache: a missing node or pod would overfill the others."""
-    for informer in informers:
-        while not informer.wait_for_sync(0.5):
-            if stop.is_set():
-                return False
-    return True
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     client = Client.from_config(load_kubeconfig(args.kubeconfig), user_agent="podnet-scheduler")
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()  # only a flag: the loop polls it (a handler must not take the queue's lock)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_event_on_signals()
     nodes = Informer(client, NODES, name="informer-nodes")
     pods = Informer(client, PODS, name="informer-pods")
     scheduler = Scheduler(client, nodes, pods, scheduler_name=args.scheduler_name,
@@ -65,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pods.handlers = Handlers(on_change=scheduler.pod_changed)
     informers = [nodes.start(), pods.start()]
     try:
-        if _wait_synced(informers, stop):
+        if wait_for_all(informers, stop):
             log.info("caches synced; scheduling pods for %s", args.scheduler_name)
             scheduler.run(stop)
     finally:

@@ -17,7 +17,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -327,3 +327,15 @@ class Informer:
             fn(*args)
         except Exception:
             log.exception("%s: handler %r failed", self.name, fn)
+
+
+def wait_for_all(informers: Sequence[Informer], stop: threading.Event) -> bool:
+    """Block until every informer has synced (False if `stop` is set first).
+
+    Daemons must never act on a partial cache: a pod missing from it is created twice by a
+    controller, or overfills a node in the scheduler."""
+    for informer in informers:
+        while not informer.wait_for_sync(0.5):
+            if stop.is_set():
+                return False
+    return True
