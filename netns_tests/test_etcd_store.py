@@ -13,16 +13,8 @@ import pytest
 from podnet.store.base import Conflict, Event, StoreError, StoreUnavailable
 from podnet.store.etcd import EtcdStore, grpc_target
 from podnet.testing.etcd import EtcdProcess
+from podnet.testing.wait import wait_until
 from tests.podnet.test_store_contract import StoreContract, collect
-
-
-def wait_until(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +52,7 @@ def test_fails_fast_while_down_and_recovers(etcd: EtcdProcess) -> None:
         assert time.monotonic() - started < 2.5
         assert not store.healthy()
         etcd.restart()
-        wait_until(store.healthy)
+        wait_until(store.healthy, timeout=15.0)
         kv = store.get("/k/a")
         assert kv is not None and kv.value == b"1"
     finally:
@@ -84,11 +76,11 @@ def test_watch_resumes_from_last_revision_after_restart(etcd: EtcdProcess) -> No
         t = threading.Thread(target=consume, args=(start,), daemon=True)
         t.start()
         store.create("/w/1", b"")
-        wait_until(lambda: len(seen) == 1)
+        wait_until(lambda: len(seen) == 1, timeout=15.0)
         etcd.kill()
         assert failed.wait(10)
         etcd.restart()
-        wait_until(store.healthy)
+        wait_until(store.healthy, timeout=15.0)
         store.create("/w/2", b"")
         store.create("/w/3", b"")
         events = collect(store.watch("/w/", seen[-1].kv.mod_revision + 1), 2)
@@ -153,13 +145,13 @@ def test_kill9_during_writes_loses_nothing_acknowledged(etcd: EtcdProcess) -> No
         threads = [threading.Thread(target=writer, args=(w,), daemon=True) for w in range(4)]
         for t in threads:
             t.start()
-        wait_until(lambda: len(acked) > 50)
+        wait_until(lambda: len(acked) > 50, timeout=15.0)
         etcd.kill()
         time.sleep(0.3)
         etcd.restart()
-        wait_until(store.healthy)
+        wait_until(store.healthy, timeout=15.0)
         count = len(acked)
-        wait_until(lambda: len(acked) > count + 20)
+        wait_until(lambda: len(acked) > count + 20, timeout=15.0)
         stop.set()
         for t in threads:
             t.join(10)

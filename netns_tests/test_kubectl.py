@@ -15,7 +15,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from netns_tests.apiserver_fixtures import ApiServerProcess, kubectl_binary
+from podnet.testing.wait import wait_until as wait_for
 
 VERSIONS = (27, 31, 33)
 
@@ -105,15 +106,6 @@ def background(proc: subprocess.Popen[str]) -> Iterator[list[str]]:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         reader.join(5)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
 
 
 @pytest.fixture(scope="module", params=VERSIONS, ids=lambda v: f"kubectl-1.{v}")
