@@ -1,10 +1,11 @@
-"""`podnet-controller-manager`: runs the workload controllers against an API server.
+"""`podnet-controller-manager`: runs the cluster's controllers against an API server.
 
     podnet-controller-manager --kubeconfig /etc/podnet/controller-manager.kubeconfig \
-        [--controllers replicationcontroller]
+        [--controllers '*,-nodeipam'] [--node-monitor-grace-period 40s] [--pod-eviction-timeout 5m] \
+        [--allocate-node-cidrs --cluster-cidr 10.244.0.0/16 --node-cidr-mask-size 24]
 
-SIGTERM/SIGINT stop it cleanly (the key being synced finishes, the informers stop).  No leader
-election yet: run one.
+Each controller runs its own loop on a thread; they share one informer per resource.  SIGTERM/SIGINT
+stop it cleanly (the key being synced finishes, the informers stop).
 """
 
 from __future__ import annotations
@@ -12,33 +13,65 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 from collections.abc import Sequence
 
-from controlplane.controllers.replication import ReplicationManager
-from podnet.api.client import PODS, REPLICATIONCONTROLLERS, Client
-from podnet.api.informer import Handlers, Informer, wait_for_all
+from controlplane.controllers import catalog
+from controlplane.controllers.context import ControllerContext, Runnable
+from podnet.api.client import Client
 from podnet.api.kubeconfig import load_kubeconfig
+from podnet.flags import duration
 from podnet.reconcile import stop_event_on_signals
 
 log = logging.getLogger("podnet.controllers")
-
-CONTROLLERS = ("replicationcontroller",)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="podnet-controller-manager", description=__doc__.splitlines()[0])
     parser.add_argument("--kubeconfig", required=True, help="kubeconfig of the API server to use")
-    parser.add_argument("--controllers", default=",".join(CONTROLLERS),
-                        help=f"comma-separated controllers to run (known: {', '.join(CONTROLLERS)})")
-    parser.add_argument("--resync-period", type=float, default=30.0,
-                        help="seconds between full passes over every object (a safety net)")
+    parser.add_argument("--controllers", default="*",
+                        help="comma-separated controllers: '*' all, 'foo' enables, '-foo' disables "
+                             f"(known: {', '.join(catalog.CONTROLLERS)})")
+    parser.add_argument("--resync-period", type=duration, default=30.0,
+                        help="period of full passes over every object (a safety net)")
+    parser.add_argument("--node-monitor-grace-period", type=duration, default=40.0,
+                        help="a node whose heartbeat is older than this becomes Ready=Unknown")
+    parser.add_argument("--node-monitor-period", type=duration, default=5.0,
+                        help="how often node health is checked")
+    parser.add_argument("--pod-eviction-timeout", type=duration, default=300.0,
+                        help="how long pods stay on an unreachable/not-ready node before eviction")
+    parser.add_argument("--allocate-node-cidrs", action="store_true",
+                        help="assign spec.podCIDR to nodes from --cluster-cidr (node IPAM)")
+    parser.add_argument("--cluster-cidr", default="", help="CIDR range of pods in the cluster")
+    parser.add_argument("--node-cidr-mask-size", type=int, default=None,
+                        help="prefix length of each node's pod CIDR (default 24 for IPv4, 64 for IPv6)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    args.controllers = [c.strip() for c in args.controllers.split(",") if c.strip()]
-    unknown = sorted(set(args.controllers) - set(CONTROLLERS))
-    if unknown or not args.controllers:
-        parser.error(f"unknown controllers {unknown}; known: {', '.join(CONTROLLERS)}")
+    try:
+        args.controllers = catalog.select(args.controllers)
+    except ValueError as e:
+        parser.error(str(e))
+    if not args.controllers:
+        parser.error("no controllers selected")
     return args
+
+
+def _run_all(controllers: Sequence[Runnable], stop: threading.Event) -> None:
+    """Every controller on its own thread until `stop`; a controller that crashes stops them all
+    (a half-running manager would look healthy while not doing its job)."""
+    def guarded(controller: Runnable) -> None:
+        try:
+            controller.run(stop)
+        except Exception:
+            log.exception("controller %s crashed; stopping", controller.name)
+            stop.set()
+
+    threads = [threading.Thread(target=guarded, args=(c,), name=f"controller-{c.name}", daemon=True)
+               for c in controllers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,22 +80,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     client = Client.from_config(load_kubeconfig(args.kubeconfig), user_agent="podnet-controller-manager")
     stop = stop_event_on_signals()
-    rcs = Informer(client, REPLICATIONCONTROLLERS, name="informer-replicationcontrollers")
-    pods = Informer(client, PODS, name="informer-pods")
-    manager = ReplicationManager(client, rcs, pods, resync_period=args.resync_period)
-    rcs.handlers = Handlers(on_change=manager.rc_changed)
-    pods.handlers = Handlers(on_add=manager.pod_added, on_update=manager.pod_updated,
-                             on_delete=manager.pod_deleted)
-    informers = [pods.start(), rcs.start()]
+    ctx = ControllerContext(client, args)
+    controllers = [catalog.build(name, ctx) for name in args.controllers]
+    ctx.informers.start_all()
     try:
-        if wait_for_all(informers, stop):
+        if ctx.informers.wait_for_sync(stop):
             log.info("caches synced; running controllers %s", ",".join(args.controllers))
-            manager.run(stop)
+            _run_all(controllers, stop)
     finally:
-        for informer in informers:
-            informer.stop()
+        ctx.informers.stop_all()
         client.close()
-    log.info("stopped after %d syncs", manager.syncs)
+    log.info("stopped (%s)", ", ".join(f"{c.name}: {getattr(c, 'syncs', 0)} syncs" for c in controllers))
     return 0
 
 

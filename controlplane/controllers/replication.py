@@ -19,8 +19,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from controlplane.controllers.base import KeyedController
+from controlplane.controllers.context import ControllerContext
 from podnet.api.client import PODS, REPLICATIONCONTROLLERS, ApiError, Resource
-from podnet.api.informer import DirtyKeys, object_key
+from podnet.api.informer import Handlers, object_key
 from podnet.api.selectors import LabelSelector, selector_from_set
 
 __all__ = ["Claims", "Expectations", "ReplicationManager", "claim_pods", "compute_status",
@@ -255,23 +257,19 @@ def _owner_key(pod: Mapping[str, Any]) -> str | None:
     return _rc_key(_meta(pod).get("namespace"), str(ref.get("name")))
 
 
-class ReplicationManager:
+class ReplicationManager(KeyedController):
+    name = "replication"
+
     def __init__(self, api: Api, rcs: Cache, pods: Cache, *, resync_period: float = 30.0,
                  retry_delay: float = 1.0, clock: Callable[[], float] = time.monotonic,
                  expectations: Expectations | None = None) -> None:
+        super().__init__(resync_period=resync_period, retry_delay=retry_delay, clock=clock)
         self.api, self.rcs, self.pods = api, rcs, pods
-        self.resync_period, self.retry_delay, self.clock = resync_period, retry_delay, clock
         self.expectations = expectations or Expectations(clock=clock)
-        self.dirty = DirtyKeys()
-        self._wake = threading.Event()
-        self._retry: dict[str, float] = {}  # key -> when to sync it again after a failure
-        self._next_resync = clock() + resync_period
-        self.syncs = 0
 
     # ------------------------------------------------------------------ informer handlers (record only)
     def _mark(self, key: str) -> None:
-        self.dirty.mark(key)
-        self._wake.set()
+        self.mark(key)
 
     def rc_changed(self, key: str) -> None:
         self._mark(key)
@@ -313,37 +311,13 @@ class ReplicationManager:
                 if not selector.empty and selector.matches(labels):
                     self._mark(object_key(rc))
 
-    # ------------------------------------------------------------------ the loop
-    def run(self, stop: threading.Event, poll: float = 0.5) -> None:
-        """Sync dirty keys until `stop` is set; failures retry after `retry_delay`."""
-        while not stop.is_set():
-            self._wake.wait(poll)
-            self._wake.clear()
-            self._requeue_due()
-            for key in sorted(self.dirty.take()):
-                if stop.is_set():
-                    return
-                try:
-                    self.sync(key)
-                except Exception:  # a transport error, a conflict, a bug: this key retries later
-                    log.exception("syncing %s failed; retrying", key)
-                    self._retry[key] = self.clock() + self.retry_delay
-
-    def _requeue_due(self) -> None:
-        """Due retries, and periodically every RC (a missed event or an expired expectation)."""
-        now = self.clock()
-        for key, due in list(self._retry.items()):
-            if due <= now:
-                del self._retry[key]
-                self.dirty.mark(key)
-        if now >= self._next_resync:
-            self._next_resync = now + self.resync_period
-            for rc in self.rcs.list():
-                self.dirty.mark(object_key(rc))
+    # ------------------------------------------------------------------ the loop (KeyedController.run)
+    def resync_keys(self) -> list[str]:
+        """Periodically every RC (a missed event or an expired expectation)."""
+        return [object_key(rc) for rc in self.rcs.list()]
 
     def sync(self, key: str) -> None:
         """One level-triggered pass over RC `key`."""
-        self.syncs += 1
         rc = self.rcs.get(key)
         if rc is None:
             self.expectations.forget(key)
@@ -442,3 +416,14 @@ def pod_from_template(rc: Mapping[str, Any]) -> Obj:
         if tmeta.get(name):
             meta[name] = tmeta[name]
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template.get("spec") or {}}
+
+
+def build(ctx: ControllerContext) -> ReplicationManager:
+    """The catalog's entry: an RC controller on the shared RC and pod informers."""
+    rcs = ctx.informers.get(REPLICATIONCONTROLLERS)
+    pods = ctx.informers.get(PODS)
+    manager = ReplicationManager(ctx.client, rcs, pods, resync_period=ctx.options.resync_period)
+    rcs.add_handlers(Handlers(on_change=manager.rc_changed))
+    pods.add_handlers(Handlers(on_add=manager.pod_added, on_update=manager.pod_updated,
+                               on_delete=manager.pod_deleted))
+    return manager

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 Objs = list[Obj]  # an alias: inside Informer, `list` is the method
+HandlerList = list["Handlers"]
 
 
 class _Stream(Protocol):
@@ -105,6 +106,7 @@ class Informer:
         self.client, self.res, self.namespace = client, res, namespace
         self.label_selector, self.field_selector = label_selector, field_selector
         self.handlers = handlers or Handlers()
+        self.extra_handlers: HandlerList = []  # shared informers: one set per consumer
         self.indexers = dict(indexers or {})
         self.resync_period, self.page_size, self.watch_timeout = resync_period, page_size, watch_timeout
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
@@ -307,17 +309,27 @@ class Informer:
                         del self._index[name][value]
 
     # ------------------------------------------------------------------ handlers
+    def add_handlers(self, handlers: Handlers) -> None:
+        """Another consumer of this (shared) informer; add before start() so it sees the first list."""
+        self.extra_handlers.append(handlers)
+
+    def _all_handlers(self) -> HandlerList:
+        return [self.handlers, *self.extra_handlers]
+
     def _emit_add(self, key: str, obj: Obj) -> None:
-        self._call(self.handlers.on_add, obj)
-        self._call(self.handlers.on_change, key)
+        for h in self._all_handlers():
+            self._call(h.on_add, obj)
+            self._call(h.on_change, key)
 
     def _emit_update(self, key: str, old: Obj, new: Obj) -> None:
-        self._call(self.handlers.on_update, old, new)
-        self._call(self.handlers.on_change, key)
+        for h in self._all_handlers():
+            self._call(h.on_update, old, new)
+            self._call(h.on_change, key)
 
     def _emit_delete(self, key: str, obj: Obj) -> None:
-        self._call(self.handlers.on_delete, obj)
-        self._call(self.handlers.on_change, key)
+        for h in self._all_handlers():
+            self._call(h.on_delete, obj)
+            self._call(h.on_change, key)
 
     def _call(self, fn: Callable[..., None] | None, *args: Any) -> None:
         """A failing handler is logged and must not stop the informer (the cache stays right)."""

@@ -394,4 +394,8 @@ def test_parse_args() -> None:
     args = parse_args(["--kubeconfig", "k"])
     assert args.controllers == ["replicationcontroller"]
     with pytest.raises(SystemExit):
-        parse_args(["--kubeconfig", "k", "--controllers", "replicationcontroller,deployment"])
+        parse_args(["--kubeconfig", "k", "--controllers", "replicationcontroller,nosuchcontroller"])
+    with pytest.raises(SystemExit):
+        parse_args(["--kubeconfig", "k", "--controllers", "-replicationcontroller"])
+    assert parse_args(["--kubeconfig", "k", "--controllers", "*", "--node-monitor-grace-period",
+                       "5s"]).node_monitor_grace_period == 5.0
