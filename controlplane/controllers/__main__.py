@@ -20,6 +20,7 @@ from controlplane.controllers import catalog
 from controlplane.controllers.context import ControllerContext, Runnable
 from podnet.api.client import Client
 from podnet.api.kubeconfig import load_kubeconfig
+from podnet.api.leaderelection import add_leader_election_flags, config_from_args
 from podnet.flags import duration
 from podnet.reconcile import stop_event_on_signals
 
@@ -46,9 +47,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--node-cidr-mask-size", type=int, default=None,
                         help="prefix length of each node's pod CIDR (default 24 for IPv4, 64 for IPv6)")
     parser.add_argument("-v", "--verbose", action="store_true")
+    add_leader_election_flags(parser, "kube-controller-manager")
     args = parser.parse_args(argv)
     try:
         args.controllers = catalog.select(args.controllers)
+        args.leader_election = config_from_args(args)
     except ValueError as e:
         parser.error(str(e))
     if not args.controllers:

@@ -18,6 +18,7 @@ from controlplane.scheduler.daemon import DEFAULT_SCHEDULER_NAME, Scheduler
 from podnet.api.client import NODES, PODS, Client
 from podnet.api.informer import Handlers, Informer, wait_for_all
 from podnet.api.kubeconfig import load_kubeconfig
+from podnet.api.leaderelection import add_leader_election_flags, config_from_args
 from podnet.reconcile import stop_event_on_signals
 
 log = logging.getLogger("podnet.scheduler")
@@ -31,7 +32,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--retry-period", type=float, default=10.0,
                         help="seconds between retries of unschedulable pods with no cluster change")
     parser.add_argument("-v", "--verbose", action="store_true")
-    return parser.parse_args(argv)
+    add_leader_election_flags(parser, "kube-scheduler")
+    args = parser.parse_args(argv)
+    try:
+        args.leader_election = config_from_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
