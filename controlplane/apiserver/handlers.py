@@ -99,6 +99,9 @@ class ResourceHandlers:
             return await subresources.scale(self.registry, request, t, method)
         elif sub == "binding" and method == "POST":
             return await subresources.binding(self.registry, request, t)
+        elif sub == "finalize" and method == "PUT":
+            # namespaces/<name>/finalize: only spec.finalizers is taken (registry._merge_update)
+            return await self.update(request, t)
         raise errors.method_not_allowed(method, f"{t.resource.plural}/{sub}")
 
     # ------------------------------------------------------------------------------------ reads

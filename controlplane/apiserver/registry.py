@@ -108,6 +108,41 @@ def _same_content(a: JsonObj, b: JsonObj) -> bool:
     return strip(a) == strip(b)
 
 
+ORPHAN_FINALIZER = "orphan"  # metav1.FinalizerOrphanDependents
+FOREGROUND_FINALIZER = "foregroundDeletion"  # metav1.FinalizerDeleteDependents
+_GC_FINALIZERS = (ORPHAN_FINALIZER, FOREGROUND_FINALIZER)
+_POLICY_FINALIZER = {"Orphan": ORPHAN_FINALIZER, "Foreground": FOREGROUND_FINALIZER, "Background": None}
+
+
+def deletion_finalizers(finalizers: list[str], policy: str | None) -> list[str]:
+    """metadata.finalizers after a DELETE with propagationPolicy `policy` (upstream
+    deletionFinalizersForGarbageCollection): Orphan -> "orphan", Foreground -> "foregroundDeletion",
+    Background -> neither; no policy keeps the one already there (the first one wins), and the default
+    policy of every kind served here is Background.  Unchanged as a set -> the list as it was."""
+    existing = next((f for f in finalizers if f in _GC_FINALIZERS), None)
+    wanted = _POLICY_FINALIZER.get(policy or "", existing)
+    new = [f for f in finalizers if f not in _GC_FINALIZERS] + ([wanted] if wanted else [])
+    return list(finalizers) if set(new) == set(finalizers) else new
+
+
+def _pending_graceful(meta: JsonObj, grace: int | None) -> bool:
+    """A graceful deletion is running and this DELETE does not shorten it (upstream BeforeDelete)."""
+    running = int(meta.get("deletionGracePeriodSeconds") or 0)
+    return bool(meta.get("deletionTimestamp")) and running > 0 and (grace is None or grace >= running)
+
+
+def _deletion_complete(res: Resource, obj: JsonObj) -> bool:
+    """An update leaves nothing to wait for (upstream ShouldDeleteDuringUpdate): being deleted, no
+    finalizers, no grace period running (a bound pod waits for its kubelet) and, for a namespace,
+    spec.finalizers emptied through /finalize."""
+    meta = obj.get("metadata") or {}
+    if not meta.get("deletionTimestamp") or meta.get("finalizers"):
+        return False
+    if int(meta.get("deletionGracePeriodSeconds") or 0) != 0:
+        return False
+    return res.plural != "namespaces" or not (obj.get("spec") or {}).get("finalizers")
+
+
 async def _maybe_await(value: T | Awaitable[T]) -> T:
     if inspect.isawaitable(value):
         return await value
@@ -447,7 +482,7 @@ class Registry:
         new = self._merge_update(res, current, desired, subresource)
         await self._hook(self.admit, res, new, current)
         meta = _meta(new)
-        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+        if _deletion_complete(res, new):
             # the last finalizer of an object being deleted is gone: finish the deletion
             if not dry_run:
                 rev, _ = await self._store(self.store.delete, kv.key, kv.mod_revision)
@@ -478,7 +513,21 @@ class Registry:
             else:
                 new.pop("status", None)
             return new
+        if subresource == "finalize":
+            # upstream namespace finalizeStrategy: only spec.finalizers comes from the request
+            new = copy.deepcopy(current)
+            new.setdefault("spec", {})["finalizers"] = list((desired.get("spec") or {}).get("finalizers")
+                                                            or [])
+            return new
         new = desired
+        if res.plural == "namespaces":
+            # upstream namespaceStrategy.PrepareForUpdate: spec.finalizers changes only via /finalize
+            finalizers = (current.get("spec") or {}).get("finalizers")
+            spec = new.setdefault("spec", {})
+            if finalizers is None:
+                spec.pop("finalizers", None)
+            else:
+                spec["finalizers"] = copy.deepcopy(finalizers)
         if res.has_subresource("status"):
             if "status" in current:
                 new["status"] = copy.deepcopy(current["status"])
@@ -503,11 +552,10 @@ class Registry:
                      grace_period_seconds: int | None = None, propagation_policy: str | None = None,
                      preconditions: JsonObj | None = None, dry_run: bool = False
                      ) -> tuple[JsonObj, bool]:
-        """(object, deleted_now): objects with finalizers, graceful pods and namespaces are only
-        marked (deletionTimestamp) and stay until their finalizers/kubelet/namespace controller finish.
-
-        propagationPolicy is accepted; there is no garbage collector yet to act on it.
-        """
+        """(object, deleted_now).  An object that must wait is only marked (deletionTimestamp) and
+        stays until what it waits for is done: its metadata.finalizers (among them the garbage
+        collector's "orphan"/"foregroundDeletion", added here from propagationPolicy), a bound pod's
+        grace period (the kubelet), a namespace's spec.finalizers (the namespace controller)."""
         key = self.key(res, namespace, name)
         for _ in range(UPDATE_ATTEMPTS):
             kv = await self._store(self.store.get, key)
@@ -516,16 +564,16 @@ class Registry:
             obj = decode_kv(kv)
             self._check_preconditions(res, obj, preconditions)
             try:
-                return await self._delete_once(res, kv, obj, grace_period_seconds, dry_run)
+                return await self._delete_once(res, kv, obj, grace_period_seconds, propagation_policy,
+                                               dry_run)
             except (Conflict, NotFound):
                 continue  # changed or deleted under us: re-read (404 next round if gone)
         raise errors.stale_update(res.plural, name, res.group)
 
     async def _delete_once(self, res: Resource, kv: KeyValue, obj: JsonObj, grace: int | None,
-                           dry_run: bool) -> tuple[JsonObj, bool]:
-        marked = self._mark_for_deletion(res, obj, grace)
-        if marked is not None and (marked.get("metadata", {}).get("finalizers")
-                                   or not await self._ready_to_go(res, marked, grace)):
+                           policy: str | None, dry_run: bool) -> tuple[JsonObj, bool]:
+        marked = self._mark_for_deletion(res, obj, grace, policy)
+        if marked is not None and not self._ready_to_go(res, marked, grace):
             if not _same_content(marked, obj) and not dry_run:
                 rev = await self._store(self.store.update, kv.key, encode_object(marked), kv.mod_revision)
                 _meta(marked)["resourceVersion"] = str(rev)
@@ -545,14 +593,23 @@ class Registry:
                                       f"Precondition failed: {label} in precondition: {want}, "
                                       f"{label} in object meta: {meta.get(field)}", res.group)
 
-    def _mark_for_deletion(self, res: Resource, obj: JsonObj, grace: int | None) -> JsonObj | None:
-        """A copy with deletionTimestamp set when the object cannot go at once, else None."""
+    def _mark_for_deletion(self, res: Resource, obj: JsonObj, grace: int | None,
+                           policy: str | None) -> JsonObj | None:
+        """A copy with deletionTimestamp (and the propagation policy's finalizer) set when the object
+        cannot go at once, else None."""
         meta = obj.get("metadata", {})
         pod_grace = self._pod_grace(res, obj, grace)
-        if not meta.get("finalizers") and pod_grace == 0 and res.plural != "namespaces":
+        current = list(meta.get("finalizers") or [])
+        # upstream: while a graceful deletion is pending, DeleteOptions cannot change the finalizers
+        finalizers = current if _pending_graceful(meta, grace) else deletion_finalizers(current, policy)
+        if not finalizers and pod_grace == 0 and res.plural != "namespaces":
             return None
         marked = copy.deepcopy(obj)
         mmeta = _meta(marked)
+        if finalizers != current:
+            mmeta["finalizers"] = finalizers
+            if not finalizers:
+                del mmeta["finalizers"]
         if pod_grace and (not mmeta.get("deletionTimestamp")
                           or pod_grace < int(mmeta.get("deletionGracePeriodSeconds") or pod_grace + 1)):
             # upstream: deletionTimestamp = now + grace; a shorter grace period may be applied later
@@ -580,25 +637,20 @@ class Registry:
         spec_grace = obj.get("spec", {}).get("terminationGracePeriodSeconds")
         return int(spec_grace) if spec_grace is not None else DEFAULT_POD_GRACE
 
-    async def _ready_to_go(self, res: Resource, marked: JsonObj, grace: int | None) -> bool:
-        """Whether an object without finalizers that _mark_for_deletion kept may be removed now."""
+    @staticmethod
+    def _ready_to_go(res: Resource, marked: JsonObj, grace: int | None) -> bool:
+        """Whether an object _mark_for_deletion kept may be removed now."""
+        if marked.get("metadata", {}).get("finalizers"):
+            return False
         if res.plural == "pods":
             # a pod never scheduled (or forced) goes at once even with a grace period
             return grace == 0 or not marked.get("spec", {}).get("nodeName")
         if res.plural == "namespaces":
-            # Stand-in for the namespace controller: an empty namespace is finalized at once.
-            name = marked.get("metadata", {}).get("name", "")
-            return not await self._namespace_has_content(name)
+            # Upstream: a namespace stays Terminating until the namespace controller has deleted its
+            # content and emptied spec.finalizers through /finalize (no shortcut for empty ones:
+            # without a controller manager a deleted namespace stays Terminating, as upstream).
+            return not (marked.get("spec") or {}).get("finalizers")
         return True
-
-    async def _namespace_has_content(self, namespace: str) -> bool:
-        for res in resources.RESOURCES:
-            if not res.namespaced or not res.has_verb("list"):
-                continue
-            items, _, _ = await self._store(self.store.list, self.list_prefix(res, namespace), limit=1)
-            if items:
-                return True
-        return False
 
     # -- watch ------------------------------------------------------------------------------
     def watch(self, res: Resource, namespace: str, *, resource_version: str | None = None,

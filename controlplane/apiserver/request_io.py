@@ -64,8 +64,12 @@ def delete_options(request: web.Request, body: JsonObj) -> JsonObj:
     if grace is not None:
         opts["gracePeriodSeconds"] = int(grace)
     policy = body.get("propagationPolicy") or q.get("propagationPolicy")
-    if body.get("orphanDependents") is True or parse_bool(q.get("orphanDependents")):
-        policy = policy or "Orphan"
+    orphan = body.get("orphanDependents")
+    if orphan is None and q.get("orphanDependents") is not None:
+        orphan = parse_bool(q.get("orphanDependents"))
+    if orphan is not None:
+        # the deprecated flag: true is Orphan, false removes a pending "orphan" like Background
+        policy = policy or ("Orphan" if orphan else "Background")
     if policy is not None:
         if policy not in ("Orphan", "Background", "Foreground"):
             raise errors.bad_request(f'propagationPolicy: Unsupported value: "{policy}"')

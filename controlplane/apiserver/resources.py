@@ -36,6 +36,7 @@ SUBRESOURCES: dict[str, Subresource] = {
     "binding": Subresource("binding", "Binding", CREATE_ONLY, "", "v1"),
     "scale": Subresource("scale", "Scale", ("get", "patch", "update"), "autoscaling", "v1"),
     "log": Subresource("log", "Pod", ("get",)),
+    "finalize": Subresource("finalize", "Namespace", ("update",)),
 }
 
 
@@ -122,7 +123,7 @@ RESOURCES: tuple[Resource, ...] = (
     # core/v1
     Resource("", "v1", "namespaces", "namespace", "Namespace", False, ("ns",),
              verbs=("create", "delete", "get", "list", "patch", "update", "watch"),
-             field_selectors=_fields("status.phase")),
+             subresources=("finalize", "status"), field_selectors=_fields("status.phase")),
     Resource("", "v1", "nodes", "node", "Node", False, ("no",), subresources=("status",),
              field_selectors=_fields("spec.unschedulable")),
     Resource("", "v1", "pods", "pod", "Pod", True, ("po",), subresources=("status", "binding", "log"),

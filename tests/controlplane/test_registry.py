@@ -157,7 +157,7 @@ def test_dry_run_and_hooks() -> None:
 def test_terminating_namespace_refuses_new_content() -> None:
     async def body() -> None:
         async with started() as reg:
-            await reg.create(NS, "", {"metadata": {"name": "team"}})
+            await reg.create(NS, "", {"metadata": {"name": "team"}, "spec": {"finalizers": ["kubernetes"]}})
             await reg.create(PODS, "team", pod())
             obj, now = await reg.delete(NS, "", "team")
             assert not now and obj["status"]["phase"] == "Terminating"
@@ -165,10 +165,15 @@ def test_terminating_namespace_refuses_new_content() -> None:
             err = await expect_error(403, reg.create(PODS, "team", pod("q")))
             assert err.message == ('pods "q" is forbidden: unable to create new content in namespace '
                                    "team because it is being terminated")
-            await reg.create(NS, "", {"metadata": {"name": "empty"}})
+            # upstream: an empty namespace also waits for the namespace controller's /finalize
+            await reg.create(NS, "", {"metadata": {"name": "empty"}, "spec": {"finalizers": ["kubernetes"]}})
             obj, now = await reg.delete(NS, "", "empty")
+            assert not now and obj["status"]["phase"] == "Terminating"
+            # no spec.finalizers at all: nothing to wait for
+            await reg.create(NS, "", {"metadata": {"name": "bare"}})
+            obj, now = await reg.delete(NS, "", "bare")
             assert now and obj["status"]["phase"] == "Terminating"
-            await expect_error(404, reg.get(NS, "", "empty"))
+            await expect_error(404, reg.get(NS, "", "bare"))
 
     run(body)
 
@@ -455,5 +460,108 @@ def test_put_creates_kinds_that_allow_create_on_update() -> None:
             assert dry["data"] == {"a": "2"} and dry["metadata"]["resourceVersion"] == cm["metadata"][
                 "resourceVersion"]
             assert (await reg.get(CM, "default", "c"))["data"] == {"a": "1"}
+
+    run(body)
+
+
+@pytest.mark.parametrize(("finalizers", "policy", "expected"), [
+    ([], None, []),
+    ([], "Background", []),
+    ([], "Foreground", ["foregroundDeletion"]),
+    ([], "Orphan", ["orphan"]),
+    (["a"], "Orphan", ["a", "orphan"]),
+    (["orphan", "a"], None, ["orphan", "a"]),  # no policy: the one already there stays
+    (["orphan", "a"], "Background", ["a"]),
+    (["orphan"], "Foreground", ["foregroundDeletion"]),
+    (["foregroundDeletion"], "Foreground", ["foregroundDeletion"]),
+])
+def test_deletion_finalizers(finalizers: list[str], policy: str | None, expected: list[str]) -> None:
+    assert registry_mod.deletion_finalizers(finalizers, policy) == expected
+
+
+def test_propagation_policy_finalizers() -> None:
+    """Foreground/Orphan keep the object with the garbage collector's finalizer; Background and no
+    policy delete at once; a second DELETE may switch the policy; the last finalizer removed ends it."""
+    async def body() -> None:
+        async with started() as reg:
+            for name in ("bg", "none", "fg", "or"):
+                await reg.create(CM, "default", {"metadata": {"name": name}})
+            assert (await reg.delete(CM, "default", "bg", propagation_policy="Background"))[1]
+            assert (await reg.delete(CM, "default", "none"))[1]
+            obj, now = await reg.delete(CM, "default", "fg", propagation_policy="Foreground")
+            assert not now and obj["metadata"]["finalizers"] == ["foregroundDeletion"]
+            assert obj["metadata"]["deletionTimestamp"] and obj["metadata"]["deletionGracePeriodSeconds"] == 0
+            obj, now = await reg.delete(CM, "default", "or", propagation_policy="Orphan")
+            assert not now and obj["metadata"]["finalizers"] == ["orphan"]
+            # a second DELETE switches orphan -> foreground (upstream updates the finalizers)
+            obj, now = await reg.delete(CM, "default", "or", propagation_policy="Foreground")
+            assert not now and obj["metadata"]["finalizers"] == ["foregroundDeletion"]
+            again, now = await reg.delete(CM, "default", "or")  # no policy: unchanged, no write
+            assert not now and again["metadata"]["resourceVersion"] == obj["metadata"]["resourceVersion"]
+            # Background on an object held only by a GC finalizer: removed, so it goes
+            _, now = await reg.delete(CM, "default", "or", propagation_policy="Background")
+            assert now
+            await expect_error(404, reg.get(CM, "default", "or"))
+
+            def unfinalize(o: dict[str, Any]) -> dict[str, Any]:
+                o["metadata"]["finalizers"] = []
+                return o
+
+            await reg.guaranteed_update(CM, "default", "fg", unfinalize)
+            await expect_error(404, reg.get(CM, "default", "fg"))
+
+    run(body)
+
+
+def test_graceful_pod_stays_through_updates_and_keeps_finalizers() -> None:
+    async def body() -> None:
+        async with started() as reg:
+            await reg.create(PODS, "default", pod("bound", nodeName="n1"))
+            obj, now = await reg.delete(PODS, "default", "bound", propagation_policy="Foreground")
+            assert not now and obj["metadata"]["finalizers"] == ["foregroundDeletion"]
+            # while the grace period runs, DeleteOptions cannot change the finalizers (upstream)
+            obj, now = await reg.delete(PODS, "default", "bound", propagation_policy="Orphan")
+            assert not now and obj["metadata"]["finalizers"] == ["foregroundDeletion"]
+
+            def unfinalize(o: dict[str, Any]) -> dict[str, Any]:
+                o["metadata"]["finalizers"] = []
+                return o
+
+            # no finalizer left but the kubelet has not confirmed: the pod stays Terminating
+            kept = await reg.guaranteed_update(PODS, "default", "bound", unfinalize)
+            assert kept["metadata"]["deletionGracePeriodSeconds"] == 30
+            assert (await reg.get(PODS, "default", "bound"))["metadata"]["deletionTimestamp"]
+            assert (await reg.delete(PODS, "default", "bound", grace_period_seconds=0))[1]
+
+    run(body)
+
+
+def test_namespace_finalize_subresource() -> None:
+    """A Terminating namespace goes once /finalize empties spec.finalizers and metadata.finalizers is
+    empty; the main resource cannot change spec.finalizers, and a status write does not end it."""
+    async def body() -> None:
+        async with started() as reg:
+            spec = {"finalizers": ["kubernetes", "example.com/x"]}
+            await reg.create(NS, "", {"metadata": {"name": "t", "finalizers": ["example.com/m"]},
+                                      "spec": spec, "status": {"phase": "Active"}})
+            ns, now = await reg.delete(NS, "", "t")
+            assert not now and ns["status"]["phase"] == "Terminating"
+            main = await reg.update(NS, "", "t", {"metadata": {"name": "t", "finalizers": ["example.com/m"]},
+                                                  "spec": {"finalizers": []}})
+            assert main["spec"]["finalizers"] == ["kubernetes", "example.com/x"]
+            assert main["status"]["phase"] == "Terminating"  # status only through /status
+            status = {**main, "status": {"phase": "Terminating", "conditions": [{"type": "X"}]}}
+            await reg.update(NS, "", "t", status, subresource="status")
+            body_ = {"metadata": {"name": "t"}, "spec": {"finalizers": ["example.com/x"]},
+                     "status": {"phase": "Active"}}
+            fin = await reg.update(NS, "", "t", body_, subresource="finalize")
+            assert fin["spec"]["finalizers"] == ["example.com/x"] and fin["status"]["phase"] == "Terminating"
+            assert fin["metadata"]["finalizers"] == ["example.com/m"]
+            await reg.update(NS, "", "t", {**body_, "spec": {}}, subresource="finalize")
+            left = await reg.get(NS, "", "t")
+            assert left["spec"]["finalizers"] == [] and left["metadata"]["finalizers"] == ["example.com/m"]
+            await reg.guaranteed_update(NS, "", "t", lambda o: {**o, "metadata": {**o["metadata"],
+                                                                                  "finalizers": []}})
+            await expect_error(404, reg.get(NS, "", "t"))
 
     run(body)
