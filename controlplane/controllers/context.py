@@ -7,11 +7,13 @@ one list+watch and one cache (client-go's SharedInformerFactory), each adding it
 from __future__ import annotations
 
 import argparse
+import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from podnet.api.client import Client, Resource
+from podnet.api.events import EventRecorder
 from podnet.api.informer import Informer, wait_for_all
 
 __all__ = ["ControllerContext", "InformerFactory", "Runnable"]
@@ -51,6 +53,10 @@ class ControllerContext:
     client: Client
     options: argparse.Namespace
     informers: InformerFactory = field(init=False)
+    # Events for `kubectl describe` (SuccessfulCreate, NodeNotReady...); asynchronous, never blocks
+    # a sync; its writer thread starts with the first event.
+    recorder: EventRecorder = field(init=False)
 
     def __post_init__(self) -> None:
         self.informers = InformerFactory(self.client)
+        self.recorder = EventRecorder(self.client, "controller-manager", socket.gethostname())
