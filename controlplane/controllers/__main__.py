@@ -5,7 +5,9 @@
         [--allocate-node-cidrs --cluster-cidr 10.244.0.0/16 --node-cidr-mask-size 24]
 
 Each controller runs its own loop on a thread; they share one informer per resource.  SIGTERM/SIGINT
-stop it cleanly (the key being synced finishes, the informers stop).
+stop it cleanly (the key being synced finishes, the informers stop, the lease is released).  With
+`--leader-elect` (the default) replicas may run: only the holder of kube-system/kube-controller-manager
+acts (podnet.api.leaderelection).
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from collections.abc import Sequence
 
 from controlplane.controllers import catalog
 from controlplane.controllers.context import ControllerContext, Runnable
+from podnet.api import leaderelection
 from podnet.api.client import Client
 from podnet.api.kubeconfig import load_kubeconfig
-from podnet.api.leaderelection import add_leader_election_flags, config_from_args
 from podnet.flags import duration
 from podnet.reconcile import stop_event_on_signals
 
@@ -47,11 +49,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--node-cidr-mask-size", type=int, default=None,
                         help="prefix length of each node's pod CIDR (default 24 for IPv4, 64 for IPv6)")
     parser.add_argument("-v", "--verbose", action="store_true")
-    add_leader_election_flags(parser, "kube-controller-manager")
+    leaderelection.add_leader_election_flags(parser, "kube-controller-manager")
     args = parser.parse_args(argv)
     try:
         args.controllers = catalog.select(args.controllers)
-        args.leader_election = config_from_args(args)
+        args.leader_election = leaderelection.config_from_args(args)
     except ValueError as e:
         parser.error(str(e))
     if not args.controllers:
@@ -81,20 +83,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    client = Client.from_config(load_kubeconfig(args.kubeconfig), user_agent="podnet-controller-manager")
+    kubeconfig = load_kubeconfig(args.kubeconfig)
+    client = Client.from_config(kubeconfig, user_agent="podnet-controller-manager")
+    lease_client = leaderelection.election_client(kubeconfig, args.leader_election, client.user_agent)
     stop = stop_event_on_signals()
     ctx = ControllerContext(client, args)
     controllers = [catalog.build(name, ctx) for name in args.controllers]
-    ctx.informers.start_all()
+
+    def lead(leading: threading.Event) -> None:
+        # informers start only once we lead: a standby neither caches nor acts
+        ctx.informers.start_all()
+        try:
+            if ctx.informers.wait_for_sync(leading):
+                log.info("caches synced; running controllers %s", ",".join(args.controllers))
+                _run_all(controllers, leading)
+        finally:
+            ctx.informers.stop_all()
+
     try:
-        if ctx.informers.wait_for_sync(stop):
-            log.info("caches synced; running controllers %s", ",".join(args.controllers))
-            _run_all(controllers, stop)
+        code = leaderelection.run_with_leader_election(lease_client, args.leader_election, lead, stop)
     finally:
-        ctx.informers.stop_all()
         client.close()
+        lease_client.close()
     log.info("stopped (%s)", ", ".join(f"{c.name}: {getattr(c, 'syncs', 0)} syncs" for c in controllers))
-    return 0
+    return code
 
 
 if __name__ == "__main__":
