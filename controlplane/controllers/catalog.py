@@ -16,6 +16,8 @@ __all__ = ["CONTROLLERS", "build", "select"]
 
 CONTROLLERS: dict[str, str] = {
     "replicationcontroller": "controlplane.controllers.replication:build",
+    "replicaset": "controlplane.controllers.replicaset:build",
+    "deployment": "controlplane.controllers.deployment:build",
 }
 
 

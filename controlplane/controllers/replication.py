@@ -1,6 +1,8 @@
-"""The ReplicationController controller.
+"""The ReplicationController controller, generic over the kind (ReplicaSets run the same machinery).
 
-Informers on RCs and pods only mark RC keys dirty; one `sync` per key reads the caches and converges:
+A WorkloadKind names the resource, the kind/apiVersion written into ownerReferences and how the
+selector is read (a plain map for RCs, a metav1.LabelSelector for ReplicaSets).  Informers on the
+owners and pods only mark owner keys dirty; one `sync` per key reads the caches and converges:
 claim pods (adopt matching orphans, release owned pods whose labels stopped matching), create or
 delete pods so the active owned ones equal spec.replicas, then write status when it changed.
 
@@ -25,8 +27,9 @@ from podnet.api.client import PODS, REPLICATIONCONTROLLERS, ApiError, Resource
 from podnet.api.informer import Handlers, object_key
 from podnet.api.selectors import LabelSelector, selector_from_set
 
-__all__ = ["Claims", "Expectations", "ReplicationManager", "claim_pods", "compute_status",
-           "controller_ref", "is_active", "rank_for_deletion", "replica_diff"]
+__all__ = ["RC_KIND", "Claims", "Expectations", "ReplicationManager", "WorkloadKind", "claim_pods",
+           "compute_status", "controller_ref", "is_active", "patch_owner_refs", "rank_for_deletion",
+           "replica_diff"]
 
 log = logging.getLogger("podnet.controllers.replication")
 
@@ -91,9 +94,22 @@ def rc_selector(rc: Mapping[str, Any]) -> LabelSelector:
     return selector_from_set(labels)
 
 
-def owner_reference(rc: Mapping[str, Any]) -> Obj:
+@dataclass(frozen=True)
+class WorkloadKind:
+    """What differs between the controllers built on this machinery."""
+    resource: Resource
+    kind: str
+    api_version: str
+    selector: Callable[[Mapping[str, Any]], LabelSelector]
+    name: str  # the controller's name in logs
+
+
+RC_KIND = WorkloadKind(REPLICATIONCONTROLLERS, "ReplicationController", "v1", rc_selector, "replication")
+
+
+def owner_reference(rc: Mapping[str, Any], kind: WorkloadKind = RC_KIND) -> Obj:
     meta = _meta(rc)
-    return {"apiVersion": "v1", "kind": "ReplicationController", "name": meta["name"],
+    return {"apiVersion": kind.api_version, "kind": kind.kind, "name": meta["name"],
             "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
 
 
@@ -105,10 +121,11 @@ class Claims:
     release: list[Obj] = field(default_factory=list)
 
 
-def claim_pods(rc: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> Claims:
+def claim_pods(rc: Mapping[str, Any], pods: Iterable[Mapping[str, Any]],
+               kind: WorkloadKind = RC_KIND) -> Claims:
     """PodControllerRefManager.ClaimPods, pure: `adopt` pods are also in `owned` (the sync drops
-    the ones whose adoption patch fails)."""
-    selector = rc_selector(rc)
+    the ones whose adoption patch fails).  Works for any dependents (a Deployment claims RSs)."""
+    selector = kind.selector(rc)
     uid = _meta(rc).get("uid")
     rc_deleting = bool(_meta(rc).get("deletionTimestamp"))
     claims = Claims()
@@ -250,19 +267,22 @@ def _rc_key(namespace: str | None, name: str) -> str:
     return f"{namespace}/{name}" if namespace else name
 
 
-def _owner_key(pod: Mapping[str, Any]) -> str | None:
+def _owner_key(pod: Mapping[str, Any], kind: WorkloadKind = RC_KIND) -> str | None:
     ref = controller_ref(pod)
-    if ref is None or ref.get("kind") != "ReplicationController":
+    if ref is None or ref.get("kind") != kind.kind:
         return None
     return _rc_key(_meta(pod).get("namespace"), str(ref.get("name")))
 
 
 class ReplicationManager(KeyedController):
+    """`rcs` is the cache of the owners: ReplicationControllers, or ReplicaSets with RS_KIND."""
+
     name = "replication"
 
     def __init__(self, api: Api, rcs: Cache, pods: Cache, *, resync_period: float = 30.0,
                  retry_delay: float = 1.0, clock: Callable[[], float] = time.monotonic,
-                 expectations: Expectations | None = None) -> None:
+                 expectations: Expectations | None = None, kind: WorkloadKind = RC_KIND) -> None:
+        self.name, self.kind = kind.name, kind
         super().__init__(resync_period=resync_period, retry_delay=retry_delay, clock=clock)
         self.api, self.rcs, self.pods = api, rcs, pods
         self.expectations = expectations or Expectations(clock=clock)
@@ -275,7 +295,7 @@ class ReplicationManager(KeyedController):
         self._mark(key)
 
     def pod_added(self, pod: Obj) -> None:
-        owner = _owner_key(pod)
+        owner = _owner_key(pod, self.kind)
         if owner is not None:
             if _meta(pod).get("deletionTimestamp"):
                 self.expectations.deletion_observed(owner, object_key(pod))
@@ -284,21 +304,21 @@ class ReplicationManager(KeyedController):
         self._mark_interested(pod)
 
     def pod_updated(self, old: Obj, new: Obj) -> None:
-        owner = _owner_key(new)
+        owner = _owner_key(new, self.kind)
         if owner is not None and _meta(new).get("deletionTimestamp"):
             self.expectations.deletion_observed(owner, object_key(new))
         self._mark_interested(old)
         self._mark_interested(new)
 
     def pod_deleted(self, pod: Obj) -> None:
-        owner = _owner_key(pod)
+        owner = _owner_key(pod, self.kind)
         if owner is not None:
             self.expectations.deletion_observed(owner, object_key(pod))
         self._mark_interested(pod)
 
     def _mark_interested(self, pod: Mapping[str, Any]) -> None:
         """Its controller, or (an orphan) every RC of its namespace whose selector matches it."""
-        owner = _owner_key(pod)
+        owner = _owner_key(pod, self.kind)
         if owner is not None:
             self._mark(owner)
             return
@@ -307,7 +327,7 @@ class ReplicationManager(KeyedController):
         labels = _meta(pod).get("labels") or {}
         for rc in self.rcs.list():
             if _meta(rc).get("namespace") == _meta(pod).get("namespace"):
-                selector = rc_selector(rc)
+                selector = self.kind.selector(rc)
                 if not selector.empty and selector.matches(labels):
                     self._mark(object_key(rc))
 
@@ -322,40 +342,23 @@ class ReplicationManager(KeyedController):
         if rc is None:
             self.expectations.forget(key)
             return
-        claims = claim_pods(rc, self.pods.list())
+        claims = claim_pods(rc, self.pods.list(), self.kind)
         owned = self._adopt_and_release(rc, claims)
         active = [p for p in owned if is_active(p)]
         if self.expectations.satisfied(key) and not _meta(rc).get("deletionTimestamp"):
             self._manage_replicas(key, rc, active)
-        self._update_status(rc, active)
+        status = self._update_status(rc, active)
+        spec = rc.get("spec") or {}
+        min_ready = int(spec.get("minReadySeconds") or 0)
+        want = spec.get("replicas", 1)
+        if min_ready > 0 and status["readyReplicas"] == want != status["availableReplicas"]:
+            # upstream: ready but not yet available pods become available without any event
+            self.requeue_after(key, float(min_ready))
 
     def _adopt_and_release(self, rc: Obj, claims: Claims) -> list[Obj]:
         """Patch ownerReferences with the pod's resourceVersion as a precondition (a 409 means the
         pod changed: the pod event marks the RC dirty again).  Returns the pods it owns now."""
-        ns = _meta(rc).get("namespace")
-        ours = owner_reference(rc)
-        failed: set[str] = set()
-        for pod in claims.adopt:
-            refs = [*(_meta(pod).get("ownerReferences") or []), ours]
-            if not self._patch_refs(pod, refs, ns, "adopting"):
-                failed.add(object_key(pod))
-        for pod in claims.release:
-            refs = [r for r in _meta(pod).get("ownerReferences") or [] if r.get("uid") != ours["uid"]]
-            self._patch_refs(pod, refs or None, ns, "releasing")
-        return [p for p in claims.owned if object_key(p) not in failed]
-
-    def _patch_refs(self, pod: Obj, refs: list[Any] | None, ns: str | None, what: str) -> bool:
-        meta = _meta(pod)
-        patch = {"metadata": {"ownerReferences": refs, "resourceVersion": meta.get("resourceVersion")}}
-        try:
-            self.api.patch(PODS, str(meta["name"]), patch, ns)
-        except ApiError as e:
-            if e.not_found or e.conflict:
-                log.info("%s %s: %s", what, object_key(pod), e)
-                return False
-            raise
-        log.info("%s pod %s", what, object_key(pod))
-        return True
+        return adopt_and_release(self.api, PODS, owner_reference(rc, self.kind), claims)
 
     def _manage_replicas(self, key: str, rc: Obj, active: list[Obj]) -> None:
         diff = replica_diff(rc, active)
@@ -369,7 +372,7 @@ class ReplicationManager(KeyedController):
         never be observed, so it lowers the expectation itself."""
         self.expectations.expect(key, adds=count)
         ns = _meta(rc).get("namespace")
-        pod = pod_from_template(rc)
+        pod = pod_from_template(rc, self.kind)
         errors: list[Exception] = []
         for _ in range(count):
             try:
@@ -397,21 +400,52 @@ class ReplicationManager(KeyedController):
         if errors:
             raise errors[0]
 
-    def _update_status(self, rc: Obj, active: list[Obj]) -> None:
+    def _update_status(self, rc: Obj, active: list[Obj]) -> Obj:
         status = compute_status(rc, active, time.time())
-        if not status_changed(rc, status):
-            return
-        meta = _meta(rc)
-        self.api.patch(REPLICATIONCONTROLLERS, str(meta["name"]), {"status": status},
-                       meta.get("namespace"), subresource="status")
+        if status_changed(rc, status):
+            meta = _meta(rc)
+            self.api.patch(self.kind.resource, str(meta["name"]), {"status": status},
+                           meta.get("namespace"), subresource="status")
+        return status
 
 
-def pod_from_template(rc: Mapping[str, Any]) -> Obj:
+def adopt_and_release(api: Api, res: Resource, ours: Mapping[str, Any], claims: Claims) -> list[Obj]:
+    """Patch the claimed dependents' ownerReferences (adopt / release); returns the owned ones whose
+    adoption did not fail."""
+    failed: set[str] = set()
+    for obj in claims.adopt:
+        refs = [*(_meta(obj).get("ownerReferences") or []), dict(ours)]
+        if not patch_owner_refs(api, res, obj, refs, "adopting"):
+            failed.add(object_key(obj))
+    for obj in claims.release:
+        refs = [r for r in _meta(obj).get("ownerReferences") or [] if r.get("uid") != ours["uid"]]
+        patch_owner_refs(api, res, obj, refs or None, "releasing")
+    return [o for o in claims.owned if object_key(o) not in failed]
+
+
+def patch_owner_refs(api: Api, res: Resource, obj: Mapping[str, Any], refs: list[Any] | None,
+                     what: str) -> bool:
+    """Set ownerReferences with the object's resourceVersion as a precondition: a 409 means it
+    changed under us (its event marks the owner dirty again), so the claim is simply retried."""
+    meta = _meta(obj)
+    patch = {"metadata": {"ownerReferences": refs, "resourceVersion": meta.get("resourceVersion")}}
+    try:
+        api.patch(res, str(meta["name"]), patch, meta.get("namespace"))
+    except ApiError as e:
+        if e.not_found or e.conflict:
+            log.info("%s %s: %s", what, object_key(obj), e)
+            return False
+        raise
+    log.info("%s %s %s", what, res.plural, object_key(obj))
+    return True
+
+
+def pod_from_template(rc: Mapping[str, Any], kind: WorkloadKind = RC_KIND) -> Obj:
     """A pod for `rc`: the template's labels, annotations and spec, generateName "<rc>-", and the
     controller ownerReference (upstream GetPodFromTemplate)."""
     template = (rc.get("spec") or {}).get("template") or {}
     tmeta = _meta(template)
-    meta: Obj = {"generateName": f"{_meta(rc)['name']}-", "ownerReferences": [owner_reference(rc)]}
+    meta: Obj = {"generateName": f"{_meta(rc)['name']}-", "ownerReferences": [owner_reference(rc, kind)]}
     for name in ("labels", "annotations", "finalizers"):
         if tmeta.get(name):
             meta[name] = tmeta[name]
