@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from netns_tests.apiserver_fixtures import ApiServerProcess, component_command, component_process
-from podnet.api.client import NODES, PODS, Client
+from podnet.api.client import EVENTS, NODES, PODS, Client
 from podnet.testing.wait import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,6 +86,22 @@ def test_binds_twelve_pods_spread_and_reports_unschedulable(
     assert cond is not None and cond["reason"] == "Unschedulable"
     assert cond["message"].startswith("0/3 nodes are available"), cond["message"]
     assert not pod["spec"].get("nodeName")
+
+    # Events, as `kubectl describe pod` shows them: Scheduled per binding, FailedScheduling once
+    def events() -> dict[tuple[str, str], dict[str, Any]]:
+        items = client.list(EVENTS, "default")["items"]
+        return {(e["involvedObject"]["name"], e["reason"]): e for e in items}
+
+    wait_until(lambda: ("nowhere", "FailedScheduling") in events()
+               and all((n, "Scheduled") in events() for n in names), 20.0, "the scheduler's events")
+    scheduled = events()[("web-00", "Scheduled")]
+    node_name = _pods(client)["web-00"]["spec"]["nodeName"]
+    assert scheduled["message"] == f"Successfully assigned default/web-00 to {node_name}"
+    assert scheduled["type"] == "Normal" and scheduled["source"] == {"component": "default-scheduler"}
+    assert scheduled["involvedObject"]["kind"] == "Pod" and scheduled["involvedObject"]["uid"]
+    failed = events()[("nowhere", "FailedScheduling")]
+    assert failed["type"] == "Warning" and failed["message"] == cond["message"]
+    assert sum(1 for key in events() if key[1] == "Scheduled") == 12
 
     # a clean exit on SIGTERM
     os.kill(proc.pid, signal.SIGTERM)

@@ -48,6 +48,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cluster-cidr", default="", help="CIDR range of pods in the cluster")
     parser.add_argument("--node-cidr-mask-size", type=int, default=None,
                         help="prefix length of each node's pod CIDR (default 24 for IPv4, 64 for IPv6)")
+    parser.add_argument("--max-endpoints-per-slice", type=int, default=100, choices=range(1, 1001),
+                        metavar="1..1000", help="most endpoints per EndpointSlice (upstream default 100)")
     parser.add_argument("-v", "--verbose", action="store_true")
     leaderelection.add_leader_election_flags(parser, "kube-controller-manager")
     args = parser.parse_args(argv)

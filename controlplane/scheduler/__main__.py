@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from controlplane.scheduler.daemon import DEFAULT_SCHEDULER_NAME, Scheduler
 from podnet.api import leaderelection
 from podnet.api.client import NODES, PODS, Client
+from podnet.api.events import EventRecorder
 from podnet.api.informer import Handlers, Informer, wait_for_all
 from podnet.api.kubeconfig import load_kubeconfig
 from podnet.reconcile import stop_event_on_signals
@@ -53,8 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = stop_event_on_signals()
     nodes = Informer(client, NODES, name="informer-nodes")
     pods = Informer(client, PODS, name="informer-pods")
+    # Events come "From: default-scheduler" as upstream's (no source.host; the instance names it).
+    recorder = EventRecorder(client, args.scheduler_name,
+                             instance=f"{args.scheduler_name}-{socket.gethostname()}")
     scheduler = Scheduler(client, nodes, pods, scheduler_name=args.scheduler_name,
-                          rng=random.Random(), retry_period=args.retry_period)
+                          rng=random.Random(), retry_period=args.retry_period, recorder=recorder)
     nodes.handlers = Handlers(on_change=scheduler.node_changed)
     pods.handlers = Handlers(on_change=scheduler.pod_changed)
 
@@ -72,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = leaderelection.run_with_leader_election(lease_client, args.leader_election, lead, stop)
     finally:
+        recorder.stop()
         client.close()
         lease_client.close()
     log.info("stopped after %d bindings", scheduler.bound)

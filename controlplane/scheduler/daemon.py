@@ -5,9 +5,18 @@ threads: they only record work).  `run` pops one pod per cycle on its own thread
 with the pure core against the caches, overlaid with the bindings this process made that the pod
 watch has not shown yet ("assumed"), so two pods in a row never overfill a node.
 
+The NodeInfos the core filters and scores against are kept by `NodeInfoCache`: the handlers mark
+the pod/node keys that changed and each cycle re-reads only those (a cycle is O(nodes), not
+O(pods)); every retry period it is rebuilt from the caches as a safety net.
+
 A 409 on the binding (someone else bound it, or it changed) forgets the assumption and requeues the
 pod.  An unschedulable pod gets PodScheduled=False/Unschedulable with the core's message and waits
 in `unschedulable` until a node or pod changes, or the periodic retry.
+
+Events, as kube-scheduler records them: "Scheduled" (Normal) after each binding, "FailedScheduling"
+(Warning, the same "0/N nodes are available: ..." message) when no node fits -- when the message
+changes, and at most once a retry period for the same message (the recorder turns repeats into a
+count on one Event).
 """
 
 from __future__ import annotations
@@ -21,7 +30,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from controlplane.scheduler.framework import Unschedulable, build_node_infos, schedule_on
+from controlplane.scheduler.cache import Cache, NodeInfoCache
+from controlplane.scheduler.filters import NodeInfo
+from controlplane.scheduler.framework import Unschedulable, schedule_on
 from podnet.api.client import PODS, ApiError, Resource
 
 __all__ = ["DEFAULT_SCHEDULER_NAME", "Scheduler", "SchedulingQueue", "is_pending"]
@@ -42,14 +53,17 @@ class Api(Protocol):
               force: bool | None = None) -> Obj: ...
 
 
-class Cache(Protocol):
-    """The part of podnet.api.informer.Informer the scheduler reads."""
+class Recorder(Protocol):
+    """The part of podnet.api.events.EventRecorder the scheduler uses."""
 
-    def get(self, key: str) -> Obj | None: ...
+    def event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str, *,
+              kind: str | None = None, api_version: str | None = None) -> bool: ...
 
-    def list(self) -> list[Obj]: ...
 
-    def snapshot(self) -> dict[str, Obj]: ...
+class _NoEvents:
+    def event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str, *,
+              kind: str | None = None, api_version: str | None = None) -> bool:
+        return False
 
 
 def is_pending(pod: Mapping[str, Any], scheduler_name: str) -> bool:
@@ -140,14 +154,18 @@ def _has_condition(pod: Mapping[str, Any], message: str) -> bool:
 class Scheduler:
     def __init__(self, api: Api, nodes: Cache, pods: Cache, *,
                  scheduler_name: str = DEFAULT_SCHEDULER_NAME, rng: random.Random | None = None,
-                 retry_period: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 retry_period: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 recorder: Recorder | None = None) -> None:
         self.api, self.nodes, self.pods = api, nodes, pods
+        self.recorder: Recorder = recorder if recorder is not None else _NoEvents()
         self.scheduler_name = scheduler_name
         self.rng = rng  # None: ties go to the smallest node name (tests); the daemon passes a Random
         self.retry_period = retry_period
         self.clock = clock
         self.queue = SchedulingQueue()
         self._assumed: dict[str, Obj] = {}  # pod key -> the pod with spec.nodeName we bound it to
+        self.node_infos = NodeInfoCache()
+        self._failed_event_at: dict[str, float] = {}  # pod key -> when FailedScheduling was last sent
         self._lock = threading.Lock()
         self._next_retry = clock() + retry_period
         self.bound = 0  # bindings that succeeded, for logs and tests
@@ -160,13 +178,17 @@ class Scheduler:
         if pod is None or (pod.get("spec") or {}).get("nodeName"):
             with self._lock:
                 self._assumed.pop(key, None)  # the watch caught up (or the pod is gone)
+        self.node_infos.mark_pod(key)
         if pod is not None and is_pending(pod, self.scheduler_name):
             self.queue.add(key)
         else:
             self.queue.forget(key)
+            with self._lock:
+                self._failed_event_at.pop(key, None)
         self.queue.move_all_to_active()
 
     def node_changed(self, key: str) -> None:
+        self.node_infos.mark_node(key)
         self.queue.move_all_to_active()
 
     def assumed(self) -> dict[str, Obj]:
@@ -192,6 +214,7 @@ class Scheduler:
         now = self.clock()
         if now >= self._next_retry:
             self._next_retry = now + self.retry_period
+            self.node_infos.mark_all()
             moved = self.queue.move_all_to_active()
             if moved:
                 log.debug("periodic retry of %d unschedulable pods", moved)
@@ -204,7 +227,7 @@ class Scheduler:
         with self._lock:
             if key in self._assumed:
                 return None  # bound by us; the watch has not shown it yet
-        infos = build_node_infos(self.nodes.list(), self._pods_with_assumed().values())
+        infos = self._node_infos()
         try:
             node = schedule_on(pod, infos, self.rng)
         except Unschedulable as e:
@@ -212,21 +235,22 @@ class Scheduler:
             return None
         return node if self._bind(key, pod, node) else None
 
-    def _pods_with_assumed(self) -> dict[str, Obj]:
-        pods = self.pods.snapshot()
+    def _node_infos(self) -> dict[str, NodeInfo]:
+        """The cluster as this cycle sees it: caches plus assumed bindings."""
         with self._lock:
-            for key, assumed in list(self._assumed.items()):
-                if key in pods:
-                    pods[key] = assumed
-                else:
-                    del self._assumed[key]  # deleted while its binding was in flight
-        return pods
+            for key in list(self._assumed):
+                if self.pods.get(key) is None:  # deleted while its binding was in flight
+                    del self._assumed[key]
+                    self.node_infos.mark_pod(key)
+            assumed = dict(self._assumed)
+        return self.node_infos.refresh(self.nodes, self.pods, assumed)
 
     def _bind(self, key: str, pod: Obj, node: str) -> bool:
         """Assume first (the next cycle must see it), then POST the binding; undo on failure."""
         meta = pod.get("metadata") or {}
         with self._lock:
             self._assumed[key] = {**pod, "spec": {**(pod.get("spec") or {}), "nodeName": node}}
+        self.node_infos.mark_pod(key)
         try:
             self.api.bind(str(meta["name"]), node, meta.get("namespace"))
         except ApiError as e:
@@ -243,17 +267,24 @@ class Scheduler:
             raise
         self.bound += 1
         log.info("bound %s to %s", key, node)
+        # upstream's message; the event names the pod as it was scheduled
+        self.recorder.event(pod, "Normal", "Scheduled",
+                            f"Successfully assigned {meta.get('namespace')}/{meta['name']} to {node}",
+                            kind="Pod", api_version="v1")
         return True
 
     def _forget(self, key: str) -> None:
         with self._lock:
             self._assumed.pop(key, None)
+        self.node_infos.mark_pod(key)
 
     def _unschedulable(self, key: str, pod: Obj, message: str) -> None:
         """Park the pod and say why on its status (only when the message changed: the patch is a
         pod event, which would otherwise retry it forever)."""
         self.queue.mark_unschedulable(key)
-        if _has_condition(pod, message):
+        written = _has_condition(pod, message)
+        self._failed_event(key, pod, message, changed=not written)
+        if written:
             return
         log.info("%s is unschedulable: %s", key, message)
         meta = pod.get("metadata") or {}
@@ -264,3 +295,15 @@ class Scheduler:
                            meta.get("namespace"), patch_type="strategic", subresource="status")
         except ApiError as e:  # the pod stays parked; the next retry writes the condition again
             log.warning("patching PodScheduled on %s: %s", key, e)
+
+    def _failed_event(self, key: str, pod: Obj, message: str, *, changed: bool) -> None:
+        """FailedScheduling on a new message, else at most once a retry period: every pod event
+        retries every parked pod, and an Event write per retry would load the API server for
+        nothing (the recorder already folds repeats into one Event's count)."""
+        now = self.clock()
+        with self._lock:
+            last = self._failed_event_at.get(key)
+            if not changed and last is not None and now - last < self.retry_period:
+                return
+            self._failed_event_at[key] = now
+        self.recorder.event(pod, "Warning", "FailedScheduling", message, kind="Pod", api_version="v1")

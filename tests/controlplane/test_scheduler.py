@@ -191,6 +191,31 @@ def test_toleration_matches(toleration: dict[str, Any], taint: dict[str, Any], e
         ([{"key": "k", "effect": "NoExecute"}], [], ["node(s) had untolerated taint {k: }"]),
         ([{"key": "k", "value": "v", "effect": "PreferNoSchedule"}], [], []),  # scoring only
         ([TAINT], [{"key": "dedicated", "operator": "Exists"}], []),
+        # Equal: key, value and (when given) effect must all match.
+        ([TAINT], [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}], []),
+        (
+            [TAINT],
+            [{"key": "dedicated", "operator": "Equal", "value": "cpu", "effect": "NoSchedule"}],
+            ["node(s) had untolerated taint {dedicated: gpu}"],
+        ),
+        # NoExecute repels like NoSchedule, and only a toleration of that effect (or any) waives it.
+        (
+            [{"key": "k", "value": "v", "effect": "NoExecute"}],
+            [{"key": "k", "operator": "Equal", "value": "v", "effect": "NoExecute"}],
+            [],
+        ),
+        (
+            [{"key": "k", "value": "v", "effect": "NoExecute"}],
+            [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}],
+            ["node(s) had untolerated taint {k: v}"],
+        ),
+        ([{"key": "k", "value": "v", "effect": "NoExecute"}], [{"key": "k", "operator": "Exists"}], []),
+        # A PreferNoSchedule taint next to a tolerated hard one: still fits.
+        (
+            [TAINT, {"key": "soft", "effect": "PreferNoSchedule"}],
+            [{"key": "dedicated", "operator": "Equal", "value": "gpu"}],
+            [],
+        ),
         # The first untolerated taint is the one reported.
         (
             [TAINT, {"key": "b", "value": "2", "effect": "NoExecute"}],
@@ -346,6 +371,42 @@ def test_resources_filter(
     node_kw: dict[str, Any], existing: list[dict[str, Any]], pod: dict[str, Any], expected: list[str]
 ) -> None:
     assert fits_resources(pod, info_of(make_node("n", **node_kw), *existing)) == expected
+
+
+def _with_init(pod: dict[str, Any], *inits: dict[str, Any], overhead: dict[str, str] | None = None
+               ) -> dict[str, Any]:
+    pod["spec"]["initContainers"] = list(inits)
+    if overhead:
+        pod["spec"]["overhead"] = overhead
+    return pod
+
+
+def _init(cpu: str, sidecar: bool = False) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": f"i{cpu}", "resources": {"requests": {"cpu": cpu}}}
+    if sidecar:
+        container["restartPolicy"] = "Always"
+    return container
+
+
+@pytest.mark.parametrize(
+    ("pod", "fits_on_2_free_cpus"),
+    [
+        (_with_init(make_pod(cpu="1"), _init("2")), True),  # init max(2) vs containers (1): 2
+        (_with_init(make_pod(cpu="1"), _init("2001m")), False),
+        (_with_init(make_pod(cpu="1"), _init("1500m"), _init("2")), True),  # init containers run one by one
+        (_with_init(make_pod(cpu="1500m"), _init("500m", sidecar=True)), True),  # sidecar adds: 2
+        (_with_init(make_pod(cpu="1500m"), _init("501m", sidecar=True)), False),
+        # a sidecar keeps running while later init containers run: 500m + 1600m > 2
+        (_with_init(make_pod(cpu="100m"), _init("500m", sidecar=True), _init("1600m")), False),
+        (_with_init(make_pod(cpu="1900m"), overhead={"cpu": "100m"}), True),  # RuntimeClass overhead
+        (_with_init(make_pod(cpu="1900m"), overhead={"cpu": "101m"}), False),
+    ],
+)
+def test_resources_filter_init_containers_sidecars_and_overhead(
+    pod: dict[str, Any], fits_on_2_free_cpus: bool
+) -> None:
+    info = info_of(make_node("n", cpu="3"), make_pod("a", cpu="1", node="n"))
+    assert fits_resources(pod, info) == ([] if fits_on_2_free_cpus else ["Insufficient cpu"])
 
 
 def test_resources_filter_uses_init_max_and_limits() -> None:

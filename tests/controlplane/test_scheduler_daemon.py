@@ -71,6 +71,16 @@ class FakeApi:
         return {}
 
 
+class FakeRecorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str, str, str | None]] = []
+
+    def event(self, obj: dict[str, Any], type_: str, reason: str, message: str, *,
+              kind: str | None = None, api_version: str | None = None) -> bool:
+        self.events.append((obj["metadata"]["name"], type_, reason, message, kind))
+        return True
+
+
 def conflict() -> ApiError:
     return ApiError({"code": 409, "reason": "Conflict", "message": "pod already assigned"})
 
@@ -78,6 +88,7 @@ def conflict() -> ApiError:
 def make(nodes: list[dict[str, Any]], pods: list[dict[str, Any]], **kw: Any
          ) -> tuple[Scheduler, FakeApi, FakeCache, FakeCache]:
     api, node_cache, pod_cache = FakeApi(), FakeCache(nodes), FakeCache(pods)
+    kw.setdefault("recorder", FakeRecorder())
     sched = Scheduler(api, node_cache, pod_cache, **kw)
     api.scheduler = sched
     for key in pod_cache.items:
@@ -300,3 +311,84 @@ def test_run_returns_when_stopped() -> None:
     stop.set()
     thread.join(5)
     assert not thread.is_alive()
+
+
+def test_unschedulable_retried_when_a_node_is_updated_to_fit() -> None:
+    """A label added to an existing node (an update, not a new node) lets the parked pod in."""
+    sched, _, nodes, _ = make([node("n1")], [pod("a", nodeSelector={"zone": "z"})])
+    drain(sched)
+    assert sched.queue.unschedulable() == {"default/a"}
+    nodes.put(node("n1", labels={"zone": "z"}))
+    sched.node_changed("n1")
+    assert drain(sched) == ["n1"]
+
+
+def test_node_capacity_change_is_seen_by_the_next_cycle() -> None:
+    sched, _, nodes, _ = make([node("n1", pods="1")], [pod("old", "n1"), pod("a")])
+    drain(sched)
+    assert sched.queue.unschedulable() == {"default/a"}
+    nodes.put(node("n1", pods="2"))
+    sched.node_changed("n1")
+    assert drain(sched) == ["n1"]
+
+
+def test_cluster_changes_between_cycles_are_accounted_without_a_rebuild() -> None:
+    sched, _, _, pods = make([node("n1", pods="2")], [pod("a")])
+    assert drain(sched) == ["n1"]
+    pods.put(pod("a", "n1"))  # the watch shows the binding
+    sched.pod_changed("default/a")
+    pods.put(pod("b", "n1"))  # bound by someone else
+    sched.pod_changed("default/b")
+    pods.put(pod("c"))
+    sched.pod_changed("default/c")
+    assert drain(sched) == [None]  # 2 pods on a 2-pod node
+    assert sched.node_infos.rebuilds == 1
+
+
+# ---------------------------------------------------------------------------------------- events
+def recorder_of(sched: Scheduler) -> FakeRecorder:
+    assert isinstance(sched.recorder, FakeRecorder)
+    return sched.recorder
+
+
+def test_binding_records_scheduled() -> None:
+    sched, _, _, _ = make([node("n1")], [pod("a")])
+    drain(sched)
+    assert recorder_of(sched).events == [
+        ("a", "Normal", "Scheduled", "Successfully assigned default/a to n1", "Pod")]
+
+
+def test_failed_binding_records_nothing() -> None:
+    sched, api, _, _ = make([node("n1")], [pod("a")])
+    api.bind_errors = [conflict()]
+    key = sched.queue.pop(0)
+    assert key is not None and sched.schedule_one(key) is None
+    assert recorder_of(sched).events == []
+
+
+def test_failed_scheduling_on_a_new_message_and_once_a_retry_period() -> None:
+    now = [100.0]
+    sched, api, nodes, pods = make([node("n1")], [pod("a", nodeSelector={"zone": "z"})],
+                                   retry_period=10.0, clock=lambda: now[0])
+    drain(sched)
+    message = "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
+    assert recorder_of(sched).events == [("a", "Warning", "FailedScheduling", message, "Pod")]
+    # the condition patch comes back as a pod event; other pods' events retry it too
+    pods.put({**pods.items["default/a"], "status": {"conditions": api.patches[0][1]["status"]["conditions"]}})
+    for _ in range(3):
+        sched.pod_changed("default/a")
+        drain(sched)
+    assert len(recorder_of(sched).events) == 1
+    now[0] += 10.0  # the periodic retry: the same message again (the recorder counts it)
+    sched.maybe_retry_unschedulable()
+    drain(sched)
+    assert len(recorder_of(sched).events) == 2
+    nodes.put(node("n2", pods="0"))  # a second node changes the message: reported at once
+    sched.node_changed("n2")
+    drain(sched)
+    assert recorder_of(sched).events[-1][3].startswith("0/2 nodes are available")
+
+
+def test_scheduler_without_a_recorder_still_works() -> None:
+    sched, api, _, _ = make([node("n1")], [pod("a")], recorder=None)
+    assert drain(sched) == ["n1"] and api.bindings == [("a", "n1", "default")]
