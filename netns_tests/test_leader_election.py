@@ -203,6 +203,39 @@ def test_two_controller_managers_create_each_pod_once(apiserver: ApiServerProces
         assert b"Traceback" not in replica.log()
 
 
+def test_leader_whose_lease_is_taken_exits_non_zero(apiserver: ApiServerProcess, client: Client,
+                                                    tmp_path: Path) -> None:
+    """Leadership lost (here: another holder wrote the lease) -> the work stops and the process
+    exits 1 within the renew deadline, as upstream's "leaderelection lost"; it does not fight back."""
+    lease = "kube-controller-manager"
+    with _replicas(apiserver, tmp_path, CONTROLLER_MANAGER, ["cm-a"]) as (a,):
+        _one_leader(client, lease, [a])
+        wait_until(lambda: b"caches synced" in a.log(), 10.0, "the leader to run its controllers")
+        taken = client.get(LEASES, lease, "kube-system")
+        taken["spec"].update(holderIdentity="intruder", leaseDurationSeconds=60)
+        client.update(LEASES, taken, "kube-system")
+        started = time.monotonic()
+        assert a.proc.wait(10) == 1
+        assert time.monotonic() - started < 2.0 + 1.0  # renew deadline, plus a retry's slack
+        assert b"lost leadership" in a.log()
+        assert _holder(client, lease) == "intruder"
+
+
+def test_leader_that_cannot_renew_exits_non_zero(apiserver: ApiServerProcess, client: Client,
+                                                 tmp_path: Path) -> None:
+    """The API server vanishes: the leader cannot renew, gives up at the renew deadline (before a
+    standby elsewhere could take over at the lease duration) and exits 1."""
+    with _replicas(apiserver, tmp_path, CONTROLLER_MANAGER, ["cm-a"]) as (a,):
+        _one_leader(client, "kube-controller-manager", [a])
+        wait_until(lambda: b"caches synced" in a.log(), 10.0, "the leader to run its controllers")
+        apiserver.kill()
+        started = time.monotonic()
+        assert a.proc.wait(10) == 1
+        took = time.monotonic() - started
+        assert took < LEASE_DURATION, f"gave up after {took:.2f}s"
+        assert b"lost leadership" in a.log()
+
+
 # ------------------------------------------------------------------------------ scheduler
 def _node(name: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
