@@ -18,6 +18,8 @@ CONTROLLERS: dict[str, str] = {
     "replicationcontroller": "controlplane.controllers.replication:build",
     "replicaset": "controlplane.controllers.replicaset:build",
     "deployment": "controlplane.controllers.deployment:build",
+    "endpoint": "controlplane.controllers.endpoints:build",
+    "endpointslice": "controlplane.controllers.endpointslice:build",
 }
 
 
