@@ -126,3 +126,39 @@ def test_rc_rs_deployment_converge_under_churn_and_restart(apiserver: ApiServerP
         assert second.wait(15) == 0
     for log in ("cm1.log", "cm2.log"):
         assert b"Traceback" not in (tmp_path / log).read_bytes(), log
+
+
+ELECTION = ["--leader-elect=true", "--leader-elect-lease-duration=3s", "--leader-elect-renew-deadline=2s",
+            "--leader-elect-retry-period=0.3s"]
+
+
+def _leader(log_path: Path) -> bool:
+    return b"caches synced" in log_path.read_bytes()
+
+
+def test_two_managers_the_leader_killed_mid_churn(apiserver: ApiServerProcess, client: Client,
+                                                  tmp_path: Path) -> None:
+    """Two replicas with leader election: only one acts; SIGKILL it mid-churn and the other takes
+    over once the lease expires, converging without duplicates."""
+    kubelet = Kubelet(client)
+    command = [*manager_command(*CONTROLLERS)[:-1], *ELECTION]  # drop --leader-elect=false
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    with (component_process(apiserver, logs[0], command) as a,
+          component_process(apiserver, logs[1], command) as b):
+        wait_until(lambda: _leader(logs[0]) or _leader(logs[1]), 15.0, "a leader")
+        leader, standby = (a, b) if _leader(logs[0]) else (b, a)
+        client.create(REPLICATIONCONTROLLERS, _rc(3), NS)
+        client.create(REPLICASETS, _rs(3), NS)
+        client.create(DEPLOYMENTS, deployment("dep", 3, surge=1, unavailable=0), NS)
+        want = {"rc": 3, "rs": 3, "dep": 3}
+        wait_until(_converged(client, kubelet, want), 20.0, f"convergence to {want}")
+        assert not _leader(logs[1] if leader is a else logs[0])  # the standby did nothing
+
+        relabelled = _churn(client)
+        want.update({app: 1 for app in relabelled})
+        want.update({"rc": 4, "rs": 5, "dep": 1})
+        _scale(client, {"rc": 4, "rs": 5, "dep": 1})
+        os.kill(leader.pid, signal.SIGKILL)
+        wait_until(_converged(client, kubelet, want), 30.0, f"convergence to {want} under the new leader")
+        _hold(client, want, 2.0)
+        assert standby.poll() is None and _leader(logs[0] if standby is a else logs[1])
