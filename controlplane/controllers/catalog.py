@@ -20,6 +20,9 @@ CONTROLLERS: dict[str, str] = {
     "deployment": "controlplane.controllers.deployment:build",
     "endpoint": "controlplane.controllers.endpoints:build",
     "endpointslice": "controlplane.controllers.endpointslice:build",
+    "namespace": "controlplane.controllers.namespace:build",
+    "garbagecollector": "controlplane.controllers.garbagecollector:build",
+    "serviceaccount": "controlplane.controllers.serviceaccount:build",
 }
 
 
