@@ -16,6 +16,8 @@ __all__ = ["CONTROLLERS", "build", "select"]
 
 CONTROLLERS: dict[str, str] = {
     "replicationcontroller": "controlplane.controllers.replication:build",
+    "nodelifecycle": "controlplane.controllers.nodelifecycle:build",
+    "nodeipam": "controlplane.controllers.nodeipam:build",
     "replicaset": "controlplane.controllers.replicaset:build",
     "deployment": "controlplane.controllers.deployment:build",
     "endpoint": "controlplane.controllers.endpoints:build",
