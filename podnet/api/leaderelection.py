@@ -45,7 +45,8 @@ log = logging.getLogger("podnet.leaderelection")
 
 Obj = dict[str, Any]
 
-# upstream's JitterFactor: retries sleep retry-period * [1, 1.2), so the renew deadline must exceed it
+# upstream's JitterFactor: an acquire retry sleeps retry-period * (1 + 1.2 * rand), and the renew
+# deadline must exceed retry-period * 1.2
 JITTER_FACTOR = 1.2
 
 
@@ -324,6 +325,30 @@ class _Work:
         return self.thread.is_alive()
 
 
+class _Watchdog:
+    """Stops the work at the renew deadline even while a renewal request still hangs (a stalled API
+    server): client-go cancels the request at the deadline; we cannot cancel a blocking call, so
+    this thread stops the work on time instead and the loop reports the loss once the call
+    returns.  Real time only (a FakeClock's wait would move time for every thread)."""
+
+    def __init__(self, elector: LeaderElector, job: _Work) -> None:
+        self.elector, self.job = elector, job
+        self.fired = False
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="leader-watchdog", daemon=True)
+
+    def _run(self) -> None:
+        clock, deadline = self.elector.clock, self.elector.config.renew_deadline
+        while not self.done.is_set():
+            remaining = self.elector.renewed_at + deadline - clock.now()
+            if remaining <= 0:
+                log.error("no renewal within the renew deadline; stopping the work")
+                self.fired = True
+                self.job.leading.set()
+                return
+            clock.wait(self.done, remaining)
+
+
 def run_with_leader_election(api: LeaseApi, config: LeaderElectionConfig,
                              work: Callable[[threading.Event], None], stop: threading.Event, *,
                              clock: Clock | None = None) -> int:
@@ -340,10 +365,14 @@ def run_with_leader_election(api: LeaseApi, config: LeaderElectionConfig,
     if not elector.acquire(stop):
         return 0
     job = _Work(work)
+    watchdog = _Watchdog(elector, job)
     job.thread.start()
+    if clock is None:
+        watchdog.thread.start()
     outcome = elector.renew(stop, keep_going=job.alive)
     job.leading.set()
-    if outcome is Outcome.LOST:
+    watchdog.done.set()
+    if outcome is Outcome.LOST or watchdog.fired:
         log.error("lost leadership of lease %s/%s (leaderelection lost); exiting",
                   config.namespace, config.name)
         return 1

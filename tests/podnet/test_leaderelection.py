@@ -8,6 +8,7 @@ import copy
 import datetime as dt
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -416,6 +417,34 @@ def test_run_stopped_before_acquiring_never_works(api: FakeLeases) -> None:
     assert run_with_leader_election(api, _config("a"), ran.append, stop, clock=clock) == 0
     assert ran == []
     assert api.spec()["holderIdentity"] == "other"
+
+
+def test_watchdog_stops_the_work_at_the_deadline_while_a_renewal_hangs(api: FakeLeases) -> None:
+    """Real clock: the third renewal blocks until the work has been told to stop, which must happen
+    at the renew deadline, not whenever the hung call returns (client-go cancels it there)."""
+    hung_at: list[float] = []
+    unblock = threading.Event()
+    update = api.update
+
+    def stalling_update(res: Resource, obj: Mapping[str, Any], namespace: str | None = None) -> Obj:
+        if api.writes == 3:  # create + two renewals went through
+            hung_at.append(time.monotonic())
+            unblock.wait(5)
+        return update(res, obj, namespace)
+
+    api.update = stalling_update  # type: ignore[method-assign]
+    stopped_at: list[float] = []
+
+    def work(leading: threading.Event) -> None:
+        assert leading.wait(5)
+        stopped_at.append(time.monotonic())
+        unblock.set()  # only now may the hung renewal return
+
+    config = _config("a", lease_duration=0.6, renew_deadline=0.4, retry_period=0.1)
+    assert run_with_leader_election(api, config, work, threading.Event()) == 1
+    assert hung_at and stopped_at
+    assert stopped_at[0] - hung_at[0] < 0.4 + 0.4  # the deadline counts from the last renewal's start
+    assert api.spec()["holderIdentity"] == "a"  # not released: it may belong to another by now
 
 
 def test_run_disabled_runs_the_work_at_once(api: FakeLeases) -> None:
