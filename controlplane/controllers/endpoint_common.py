@@ -16,14 +16,14 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from controlplane.controllers.base import KeyedController
-from podnet.api.client import Resource
+from podnet.api.client import ApiError, Resource
 from podnet.api.informer import object_key
 from podnet.api.selectors import LabelSelector, SelectorError, selector_from_set
 
 __all__ = ["HEADLESS_LABEL", "Api", "Cache", "Obj", "ServicePodController", "WrittenVersions",
            "find_port", "hostname_for", "ip_family", "ip_sort_key", "is_pod_ready", "pod_ips",
-           "pods_for_service", "prune", "service_labels", "service_selector", "should_pod_be_in_endpoints",
-           "target_ref"]
+           "pods_for_service", "prune", "quiet_write_error", "service_labels", "service_selector",
+           "should_pod_be_in_endpoints", "target_ref"]
 
 Obj = dict[str, Any]
 HEADLESS_LABEL = "service.kubernetes.io/headless"  # upstream v1.IsHeadlessService
@@ -174,6 +174,17 @@ def service_labels(svc: Mapping[str, Any], reserved: Iterable[str] = ()) -> dict
     if is_headless(svc):
         labels[HEADLESS_LABEL] = ""
     return labels
+
+
+def quiet_write_error(e: ApiError) -> bool:
+    """Errors a sync answers by waiting, not by failing: 409 (our cache is behind a write), 404 (the
+    object or its namespace vanished: a delete event follows) and 403 for a namespace being
+    deleted (upstream skips those too; the namespace controller removes the service next)."""
+    if e.conflict or e.not_found:
+        return True
+    causes = (e.status.get("details") or {}).get("causes") or []
+    return e.code == 403 and ("being terminated" in e.message
+                              or any(c.get("type") == "NamespaceTerminating" for c in causes))
 
 
 def prune(value: Any) -> Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -34,6 +35,7 @@ from controlplane.controllers.endpoint_common import (
     pod_ips,
     pods_for_service,
     prune,
+    quiet_write_error,
     service_labels,
     service_selector,
     should_pod_be_in_endpoints,
@@ -44,14 +46,19 @@ from controlplane.controllers.endpoint_common import (
 from podnet.api.client import ENDPOINTS, PODS, SERVICES, ApiError
 from podnet.api.informer import Handlers, object_key
 
-__all__ = ["EndpointsController", "build", "desired_endpoints", "endpoint_address", "endpoint_ports",
-           "endpoints_object", "endpoints_unchanged"]
+__all__ = ["MAX_CAPACITY", "OVER_CAPACITY_ANNOTATION", "EndpointsController", "build", "desired_endpoints",
+           "endpoint_address", "endpoint_ports", "endpoints_object", "endpoints_unchanged",
+           "truncate_subsets"]
 
 log = logging.getLogger("podnet.controllers.endpoint")
 
 # Endpoints objects used as leader-election locks by old components carry this annotation; they
 # have no service and must survive the leftover sweep (upstream skips them too).
 LEADER_ANNOTATION = "control-plane.alpha.kubernetes.io/leader"
+# One Endpoints holds at most this many addresses; beyond it upstream truncates and says so in an
+# annotation (consumers needing them all read EndpointSlices).
+MAX_CAPACITY = 1000
+OVER_CAPACITY_ANNOTATION = "endpoints.kubernetes.io/over-capacity"
 
 
 # ---------------------------------------------------------------------------------- pure helpers
@@ -133,6 +140,32 @@ def desired_endpoints(svc: Mapping[str, Any], pods: Iterable[Mapping[str, Any]])
     return subsets
 
 
+def truncate_subsets(subsets: list[Obj], limit: int = MAX_CAPACITY) -> tuple[list[Obj], bool]:
+    """(subsets, truncated): over `limit` addresses, ready ones are kept first; the truncated kind
+    (not-ready ones, or the ready ones when those alone overflow and every not-ready one goes) is
+    shared among subsets in proportion, rounded up, as upstream truncateEndpoints."""
+    ready = sum(len(s.get("addresses") or []) for s in subsets)
+    not_ready = sum(len(s.get("notReadyAddresses") or []) for s in subsets)
+    if ready + not_ready <= limit:
+        return subsets, False
+    field, budget, total = (("addresses", limit, ready) if ready > limit
+                            else ("notReadyAddresses", limit - ready, not_ready))
+    left = budget
+    out: list[Obj] = []
+    for subset in subsets:
+        kept = dict(subset)
+        if field == "addresses":
+            kept.pop("notReadyAddresses", None)
+        members = list(kept.pop(field, None) or [])
+        share = min(left, math.ceil(len(members) * budget / total))
+        left -= share
+        if share:
+            kept[field] = members[:share]
+        if kept.get("addresses") or kept.get("notReadyAddresses"):
+            out.append(kept)
+    return out, True
+
+
 def _canonical_subsets(subsets: Iterable[Mapping[str, Any]]) -> list[Any]:
     """Subsets as stored, in our order: someone else's ordering is not a difference."""
     out = []
@@ -148,23 +181,30 @@ def _canonical_subsets(subsets: Iterable[Mapping[str, Any]]) -> list[Any]:
     return sorted(out, key=lambda s: json.dumps(s.get("ports", []), sort_keys=True))
 
 
-def endpoints_unchanged(current: Mapping[str, Any], subsets: list[Obj], labels: Mapping[str, str]) -> bool:
+def endpoints_unchanged(current: Mapping[str, Any], subsets: list[Obj], labels: Mapping[str, str],
+                        truncated: bool = False) -> bool:
     """Semantic equality: server-omitted empty fields and ordering do not count."""
+    over = (meta(current).get("annotations") or {}).get(OVER_CAPACITY_ANNOTATION)
     return (dict(meta(current).get("labels") or {}) == dict(labels)
+            and over == ("truncated" if truncated else None)
             and _canonical_subsets(current.get("subsets") or []) == _canonical_subsets(subsets))
 
 
-def endpoints_object(svc: Mapping[str, Any], subsets: list[Obj], current: Mapping[str, Any] | None) -> Obj:
-    """The Endpoints to write: the current object (its annotations, resourceVersion) with the new
-    labels and subsets, or a new one named after the service."""
-    labels = service_labels(svc)
-    if current is None:
-        m = meta(svc)
-        return {"apiVersion": "v1", "kind": "Endpoints",
-                "metadata": {"name": m["name"], "namespace": m["namespace"], "labels": labels},
-                "subsets": subsets}
-    obj = dict(current)
-    obj["metadata"] = {**meta(current), "labels": labels}
+def endpoints_object(svc: Mapping[str, Any], subsets: list[Obj], current: Mapping[str, Any] | None,
+                     truncated: bool = False) -> Obj:
+    """The Endpoints to write: the current object (its other annotations, resourceVersion) with the
+    new labels, subsets and over-capacity annotation, or a new one named after the service."""
+    new = {"name": meta(svc)["name"], "namespace": meta(svc)["namespace"]}
+    m = meta(current) if current is not None else new
+    annotations = {k: v for k, v in (m.get("annotations") or {}).items() if k != OVER_CAPACITY_ANNOTATION}
+    if truncated:
+        annotations[OVER_CAPACITY_ANNOTATION] = "truncated"
+    obj: Obj = {"apiVersion": "v1", "kind": "Endpoints", **(current or {})}
+    obj["metadata"] = {**m, "labels": service_labels(svc)}
+    if annotations:
+        obj["metadata"]["annotations"] = annotations
+    else:
+        obj["metadata"].pop("annotations", None)
     obj["subsets"] = subsets
     return obj
 
@@ -174,11 +214,11 @@ class EndpointsController(ServicePodController):
     name = "endpoint"
 
     def __init__(self, api: Api, services: Cache, pods: Cache, endpoints: Cache, *,
-                 resync_period: float = 30.0, retry_delay: float = 1.0,
+                 resync_period: float = 30.0, retry_delay: float = 1.0, max_capacity: int = MAX_CAPACITY,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(api, services, pods, resync_period=resync_period, retry_delay=retry_delay,
                          clock=clock)
-        self.endpoints = endpoints
+        self.endpoints, self.max_capacity = endpoints, max_capacity
 
     def endpoints_changed(self, key: str) -> None:
         """Ours changed or vanished: the service's sync restores it (or sees its own write land)."""
@@ -197,17 +237,17 @@ class EndpointsController(ServicePodController):
             return
         if service_selector(svc) is None or self.cache_lags(key, self.endpoints):
             return
-        subsets = desired_endpoints(svc, self.pods.list())
+        subsets, truncated = truncate_subsets(desired_endpoints(svc, self.pods.list()), self.max_capacity)
         current = self.endpoints.get(key)
-        if current is not None and endpoints_unchanged(current, subsets, service_labels(svc)):
+        if current is not None and endpoints_unchanged(current, subsets, service_labels(svc), truncated):
             return
-        obj = endpoints_object(svc, subsets, current)
+        obj = endpoints_object(svc, subsets, current, truncated)
         ns = str(meta(svc)["namespace"])
         try:
             written = (self.api.create(ENDPOINTS, obj, ns) if current is None
                        else self.api.update(ENDPOINTS, obj, ns))
         except ApiError as e:
-            if not e.conflict:  # 409: the cache is behind someone else's write; its event marks us
+            if not quiet_write_error(e):
                 raise
             log.info("%s: %s; retrying", key, e)
             self.requeue_after(key, self.retry_delay)

@@ -37,6 +37,7 @@ from controlplane.controllers.endpoint_common import (
     pod_ips,
     pods_for_service,
     prune,
+    quiet_write_error,
     service_labels,
     service_selector,
     should_pod_be_in_endpoints,
@@ -345,7 +346,7 @@ class EndpointSliceController(ServicePodController):
 
     def _apply(self, key: str, plan: SlicePlan) -> None:
         """Create, then update, then delete (upstream's order: a consumer never sees fewer endpoints
-        than before or after).  A 409 means the cache is behind: the slice event marks us again."""
+        than before or after).  A quiet error (a cache behind, a closing namespace) retries later."""
         try:
             for obj in plan.create:
                 made = self.api.create(ENDPOINTSLICES, obj, meta(obj)["namespace"])
@@ -355,7 +356,7 @@ class EndpointSliceController(ServicePodController):
             for obj in plan.delete:
                 self._delete(key, obj)
         except ApiError as e:
-            if not e.conflict:
+            if not quiet_write_error(e):
                 raise
             log.info("%s: %s; retrying", key, e)
             self.requeue_after(key, self.retry_delay)

@@ -21,10 +21,12 @@ from controlplane.controllers.endpoint_common import (
     service_selector,
 )
 from controlplane.controllers.endpoints import (
+    OVER_CAPACITY_ANNOTATION,
     EndpointsController,
     build,
     desired_endpoints,
     endpoints_unchanged,
+    truncate_subsets,
 )
 from podnet.api.client import ENDPOINTS, ApiError, Resource
 from podnet.api.informer import object_key
@@ -206,12 +208,14 @@ class FakeApi:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Obj | str]] = []
         self.fail: dict[str, int] = {}
+        self.message = {403: 'endpoints "web" is forbidden: unable to create new content in namespace '
+                             "default because it is being terminated"}
         self._rv = itertools.count(100)
 
     def _check(self, verb: str) -> None:
         code = self.fail.pop(verb, None)
         if code is not None:
-            raise ApiError({"code": code, "reason": "Test", "message": verb})
+            raise ApiError({"code": code, "reason": "Test", "message": self.message.get(code, verb)})
 
     def _stored(self, obj: Mapping[str, Any], namespace: str | None) -> Obj:
         out = dict(obj)
@@ -363,3 +367,70 @@ def test_build_and_catalog() -> None:
     ctl = build(ctx)
     assert ctl.resync_period == 2.0 and ctl.name == "endpoint"
     assert ENDPOINTS in ctx.informers._informers
+
+
+def _ips(prefix: str, n: int) -> list[Obj]:
+    return [{"ip": f"{prefix}.{i // 250}.{i % 250}"} for i in range(n)]
+
+
+TRUNCATION = [
+    ("under capacity: untouched", [{"addresses": _ips("10.1", 3), "notReadyAddresses": _ips("10.2", 2)}], 5,
+     ([3], [2]), False),
+    ("not-ready ones go first, shared in proportion (rounded up)",
+     [{"addresses": _ips("10.1", 4), "notReadyAddresses": _ips("10.2", 3)},
+      {"addresses": _ips("10.3", 2), "notReadyAddresses": _ips("10.4", 3)}], 8, ([4, 2], [1, 1]), True),
+    ("too many ready: ready ones shared, every not-ready one dropped",
+     [{"addresses": _ips("10.1", 6), "notReadyAddresses": _ips("10.2", 3)},
+      {"addresses": _ips("10.3", 3)}], 4, ([3, 1], [0, 0]), True),
+    ("a subset left empty disappears",
+     [{"addresses": _ips("10.1", 5)}, {"notReadyAddresses": _ips("10.2", 2)}], 5, ([5], [0]), True),
+]
+
+
+@pytest.mark.parametrize(("subsets", "limit", "sizes", "truncated"), [c[1:] for c in TRUNCATION],
+                         ids=[c[0] for c in TRUNCATION])
+def test_truncate_subsets(subsets: list[Obj], limit: int, sizes: tuple[list[int], list[int]],
+                          truncated: bool) -> None:
+    out, was = truncate_subsets(subsets, limit)
+    assert was is truncated
+    assert ([len(s.get("addresses") or []) for s in out],
+            [len(s.get("notReadyAddresses") or []) for s in out]) == sizes
+    assert sum(len(s.get("addresses") or []) + len(s.get("notReadyAddresses") or []) for s in out) <= limit
+
+
+def test_over_capacity_annotation_set_and_cleared() -> None:
+    many = [make_pod(f"p{i}", f"10.244.0.{i + 1}") for i in range(3)]
+    ctl, api, _, pods, endpoints = controller(make_service(), *many)
+    ctl.max_capacity = 2
+    ctl.sync("default/web")
+    created = api.calls[-1][1]
+    assert isinstance(created, dict)
+    assert created["metadata"]["annotations"] == {OVER_CAPACITY_ANNOTATION: "truncated"}
+    assert len(created["subsets"][0]["addresses"]) == 2
+    endpoints.put(api._stored(created, "default"))
+    ctl.written.forget("default/web")
+    ctl.sync("default/web")
+    assert len(api.calls) == 1  # stable while still over capacity
+    del pods.items["default/p2"]
+    ctl.sync("default/web")
+    updated = api.calls[-1][1]
+    assert isinstance(updated, dict) and "annotations" not in updated["metadata"]
+
+
+@pytest.mark.parametrize(("verb", "code"),
+                         [("create", 403), ("create", 404), ("update", 404), ("update", 409)])
+def test_quiet_write_errors_requeue(verb: str, code: int) -> None:
+    ctl, api, *_, endpoints = controller(make_service(), make_pod("a", "10.244.0.1"))
+    if verb == "update":
+        endpoints.put({"metadata": {"name": "web", "namespace": "default", "resourceVersion": "5"}})
+    api.fail[verb] = code
+    ctl.sync("default/web")
+    assert "default/web" in ctl._retry
+
+
+def test_other_forbidden_errors_raise() -> None:
+    ctl, api, *_ = controller(make_service(), make_pod("a", "10.244.0.1"))
+    api.message[403] = "no"
+    api.fail["create"] = 403
+    with pytest.raises(ApiError):
+        ctl.sync("default/web")

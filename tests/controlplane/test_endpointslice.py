@@ -213,6 +213,9 @@ class FakeApi:
 
     def _check(self, verb: str) -> None:
         code = self.fail.pop(verb, None)
+        if code == 403:  # what a namespace being deleted answers a create
+            raise ApiError({"code": 403, "reason": "Forbidden", "message": "unable to create new content in "
+                            "namespace default because it is being terminated"})
         if code is not None:
             raise ApiError({"code": code, "reason": "Test", "message": verb})
 
@@ -284,9 +287,13 @@ def test_slice_events_mark_their_service_and_conflicts_requeue() -> None:
     ctl.slice_changed(managed)
     ctl.slice_updated(managed, {"metadata": {"namespace": "default", "name": "x", "labels": {}}})
     assert ctl.dirty.take() == {"default/web"}
-    api.fail["create"] = 409
-    ctl.sync("default/web")
-    assert api.calls == [] and "default/web" in ctl._retry
+    for code in (409, 403, 404):
+        api.fail["create"] = code
+        ctl.sync("default/web")
+        assert api.calls == [] and "default/web" in ctl._retry
+    api.fail["create"] = 500
+    with pytest.raises(ApiError):
+        ctl.sync("default/web")
 
 
 def test_flag_and_build() -> None:
