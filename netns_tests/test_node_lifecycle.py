@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from netns_tests.apiserver_fixtures import ApiServerProcess, component_command, component_process
-from podnet.api.client import LEASES, NODES, PODS, REPLICATIONCONTROLLERS, Client
+from podnet.api.client import EVENTS, LEASES, NODES, PODS, REPLICATIONCONTROLLERS, Client
 from podnet.api.kubeconfig import load_kubeconfig
 from podnet.testing.wait import wait_until
 
@@ -218,6 +218,14 @@ def test_node_failure_moves_pods_and_recovery_untaints(
     wait_until(lambda: client.get(PODS, "pinned", "default")["spec"].get("nodeName") == "node-1", 15.0,
                "a pod scheduled to node-1 again")
     assert not heartbeats.errors, heartbeats.errors[:3]
+
+    def events(reason: str) -> set[str]:
+        return {e["involvedObject"]["name"] for e in client.list(EVENTS, "default")["items"]
+                if e["reason"] == reason}
+
+    wait_until(lambda: events("TaintManagerEviction") == set(victims) and "node-1" in events("NodeNotReady"),
+               10.0, "TaintManagerEviction and NodeNotReady events")
+    assert set(victims) <= events("NodeNotReady")  # MarkPodsNotReady's per-pod event
 
     for proc in (cm, sched):
         os.kill(proc.pid, signal.SIGTERM)

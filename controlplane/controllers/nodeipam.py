@@ -305,6 +305,6 @@ def build(ctx: ControllerContext) -> NodeIpamController | Idle:
         _usage_error(str(e))
     nodes = ctx.informers.get(NODES)
     controller = NodeIpamController(ctx.client, nodes, allocator, resync_period=opts.resync_period,
-                                    recorder=getattr(ctx, "recorder", None))
+                                    recorder=ctx.recorder)
     nodes.add_handlers(Handlers(on_change=controller.node_changed))
     return controller

@@ -448,7 +448,7 @@ def build(ctx: ControllerContext) -> NodeLifecycleController:
         ctx.client, nodes, leases, pods, grace_period=opts.node_monitor_grace_period,
         monitor_period=opts.node_monitor_period, eviction_timeout=opts.pod_eviction_timeout,
         startup_grace_period=getattr(opts, "node_startup_grace_period", 60.0),
-        resync_period=opts.resync_period, recorder=getattr(ctx, "recorder", None))
+        resync_period=opts.resync_period, recorder=ctx.recorder)
     nodes.add_handlers(Handlers(on_change=controller.node_changed))
     leases.add_handlers(Handlers(on_change=controller.lease_changed))
     pods.add_handlers(Handlers(on_add=controller.pod_added, on_update=controller.pod_updated,

@@ -461,6 +461,7 @@ def test_flags_reach_the_controller() -> None:
     ctx = ControllerContext.__new__(ControllerContext)
     ctx.options = opts
     ctx.client = None  # type: ignore[assignment]
+    ctx.recorder = None  # type: ignore[assignment]
     informers: dict[Resource, Informer] = {NODES: Informer(), LEASES: Informer(), PODS: Informer()}
     ctx.informers = type("F", (), {"get": staticmethod(lambda res: informers[res])})()  # type: ignore[assignment]
     ctl = build(ctx)
