@@ -1,6 +1,6 @@
 """Namespace deletion, garbage collection and default service accounts end to end: a real
 podnet-apiserver, one podnet-controller-manager (--controllers namespace,garbagecollector,
-serviceaccount,replicationcontroller) for the module, and real kubectl 1.33 for the deletions.
+serviceaccount,replicationcontroller,replicaset,deployment) for the module, and real kubectl 1.33.
 
 Pods stay unscheduled (no scheduler, no kubelet), so deleting one is immediate, as upstream.  Every
 test works in its own namespace and ends by deleting it: nothing is left behind.
@@ -26,8 +26,10 @@ from netns_tests.apiserver_fixtures import (
 )
 from podnet.api.client import (
     CONFIGMAPS,
+    DEPLOYMENTS,
     NAMESPACES,
     PODS,
+    REPLICASETS,
     REPLICATIONCONTROLLERS,
     SERVICEACCOUNTS,
     SERVICES,
@@ -39,7 +41,7 @@ from podnet.api.kubeconfig import load_kubeconfig
 from podnet.testing.wait import wait_until
 
 SECRETS = Resource("", "v1", "secrets")
-CONTROLLERS = "namespace,garbagecollector,serviceaccount,replicationcontroller"
+CONTROLLERS = "namespace,garbagecollector,serviceaccount,replicationcontroller,replicaset,deployment"
 Obj = dict[str, Any]
 
 
@@ -104,7 +106,8 @@ def ns(request: pytest.FixtureRequest, client: Client, kubectl: Kubectl,
 
 def namespace_empty(client: Client, name: str) -> bool:
     return all(not client.list(res, name)["items"]
-               for res in (PODS, REPLICATIONCONTROLLERS, CONFIGMAPS, SECRETS, SERVICES, SERVICEACCOUNTS))
+               for res in (PODS, REPLICATIONCONTROLLERS, REPLICASETS, DEPLOYMENTS, CONFIGMAPS, SECRETS,
+                           SERVICES, SERVICEACCOUNTS))
 
 
 def rc(name: str, replicas: int) -> Obj:
@@ -263,3 +266,19 @@ def test_dependent_with_a_live_owner_only_loses_the_reference(client: Client, ns
         return [r["name"] for r in meta.get("ownerReferences") or []]
 
     wait_until(lambda: refs() == ["keep"], 15, "the dangling reference removed")
+
+
+@pytest.mark.parametrize("cascade", ["background", "foreground"])
+def test_deployment_cascades_through_replica_sets(client: Client, kubectl: Kubectl, ns: str,
+                                                  cascade: str) -> None:
+    """Deployment <- ReplicaSet <- pods, with the real deployment and replicaset controllers."""
+    template = {"metadata": {"labels": {"app": "api"}},
+                "spec": {"containers": [{"name": "c", "image": "pause"}]}}
+    client.create(DEPLOYMENTS, {"metadata": {"name": "api"}, "spec": {
+        "replicas": 2, "selector": {"matchLabels": {"app": "api"}}, "template": template}}, ns)
+    wait_until(lambda: len(client.list(PODS, ns)["items"]) == 2
+               and len(client.list(REPLICASETS, ns)["items"]) == 1, 20, "a ReplicaSet with 2 pods")
+    kubectl.run("delete", "deployment", "api", "-n", ns, f"--cascade={cascade}", "--timeout=20s")
+    wait_until(lambda: not client.list(REPLICASETS, ns)["items"] and not client.list(PODS, ns)["items"], 15,
+               "the ReplicaSet and its pods deleted")
+    assert gone(client, DEPLOYMENTS, "api", ns)
