@@ -131,10 +131,12 @@ def manager(apiserver: ApiServerProcess, tmp_path: Path) -> Iterator[subprocess.
 
 
 @pytest.fixture
-def kubectl(apiserver: ApiServerProcess, tmp_path: Path) -> Kubectl:
-    binary = kubectl_binary(KUBECTL_MINOR)
+def kubectl(request: pytest.FixtureRequest, apiserver: ApiServerProcess, tmp_path: Path) -> Kubectl:
+    """kubectl 1.<param> (KUBECTL_MINOR unless parametrized indirectly)."""
+    minor = int(getattr(request, "param", KUBECTL_MINOR))
+    binary = kubectl_binary(minor)
     if binary is None:
-        pytest.skip(f"kubectl 1.{KUBECTL_MINOR} not installed")
+        pytest.skip(f"kubectl 1.{minor} not installed")
     return Kubectl(binary, apiserver.kubeconfig(tmp_path / "kubeconfig"))
 
 
@@ -209,6 +211,7 @@ def test_rollout_and_image_update_respect_bounds(client: Client, manager: subpro
     assert len(live_pods(client, "app=web")) == 4
 
 
+@pytest.mark.parametrize("kubectl", [27, KUBECTL_MINOR], indirect=True)
 def test_undo_history_and_scale(client: Client, manager: subprocess.Popen[bytes], kubectl: Kubectl) -> None:
     kubelet = Kubelet(client)
     client.create(DEPLOYMENTS, deployment("api", 2, surge="50%", unavailable=0), NS)
@@ -238,3 +241,58 @@ def test_undo_history_and_scale(client: Client, manager: subprocess.Popen[bytes]
                "scaled to 1")
     status = client.get(DEPLOYMENTS, "api", NS)["status"]
     assert (status["replicas"], status["updatedReplicas"], status["availableReplicas"]) == (1, 1, 1)
+
+
+def test_recreate_with_min_ready_seconds(client: Client, manager: subprocess.Popen[bytes],
+                                         kubectl: Kubectl) -> None:
+    """Recreate: the old pods are all gone before a new one exists; pods count as available only
+    minReadySeconds after they became ready."""
+    kubelet = Kubelet(client)
+    body = deployment("rec", 3)
+    body["spec"]["strategy"] = {"type": "Recreate"}
+    body["spec"]["minReadySeconds"] = 2
+    client.create(DEPLOYMENTS, body, NS)
+    started = time.monotonic()
+    rollout_status(kubectl, client, kubelet, "rec")
+    assert time.monotonic() - started >= 2.0  # minReadySeconds held availability back
+    (first,) = revisions(client, "rec")
+
+    def never_mixed() -> None:
+        hashes = {p["metadata"]["labels"]["pod-template-hash"] for p in live_pods(client, "app=rec")}
+        assert len(hashes) <= 1, f"old and new pods together: {hashes}"
+
+    kubectl.out("set", "image", "deployment/rec", "c=pause:2")
+    roll(client, kubelet, "rec", never_mixed)
+    second = next(n for n in revisions(client, "rec") if n != first)
+    assert revisions(client, "rec") == {first: ("1", 0), second: ("2", 3)}
+
+
+def test_pause_resume_and_progress_deadline(client: Client, manager: subprocess.Popen[bytes],
+                                            kubectl: Kubectl) -> None:
+    kubelet = Kubelet(client)
+    client.create(DEPLOYMENTS, deployment("pz", 2), NS)
+    rollout_status(kubectl, client, kubelet, "pz")
+    kubectl.out("rollout", "pause", "deployment/pz")
+    kubectl.out("set", "image", "deployment/pz", "c=pause:2")
+
+    def progressing() -> tuple[str, str]:
+        conds = client.get(DEPLOYMENTS, "pz", NS).get("status", {}).get("conditions") or []
+        cond = next((c for c in conds if c["type"] == "Progressing"), {})
+        return cond.get("status", ""), cond.get("reason", "")
+
+    wait_until(lambda: progressing() == ("Unknown", "DeploymentPaused"), 10.0, "DeploymentPaused")
+    time.sleep(0.5)
+    assert len(revisions(client, "pz")) == 1  # paused: no rollout
+    client.patch(DEPLOYMENTS, "pz", {"spec": {"progressDeadlineSeconds": 2}}, NS)
+    kubectl.out("rollout", "resume", "deployment/pz")
+    wait_until(lambda: len(revisions(client, "pz")) == 2, 10.0, "the rollout after resume")
+    # nobody readies the new pods: the rollout stalls and passes its 2 s deadline
+    wait_until(lambda: progressing() == ("False", "ProgressDeadlineExceeded"), 15.0, "the deadline")
+    proc = subprocess.run(kubectl.argv("rollout", "status", "deployment/pz", "--timeout=10s"),
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode != 0 and "exceeded its progress deadline" in proc.stdout + proc.stderr
+    status = client.get(DEPLOYMENTS, "pz", NS)["status"]
+    assert (status["replicas"], status["updatedReplicas"], status["availableReplicas"]) == (3, 2, 1)
+    # the pods come up late: the rollout completes after all
+    rollout_status(kubectl, client, kubelet, "pz")
+    assert progressing() == ("True", "NewReplicaSetAvailable")
