@@ -214,6 +214,11 @@ def test_headless_split_slices_and_user_managed_endpoints(
     hosts = {e["targetRef"]["name"]: e.get("hostname") for s in slices for e in s["endpoints"]}
     assert hosts["db-0"] == "db-0" and hosts["db-4"] is None
 
+    tampered = _endpoints(client, "db")
+    assert tampered is not None
+    client.update(ENDPOINTS, {**tampered, "subsets": []}, NS)
+    _until("a managed Endpoints edited by hand is restored", lambda: len(hostnames()) == 5)
+
     client.delete(PODS, "db-1", NS, grace_period_seconds=0)  # gone at once
     _until("4 endpoints: one slice updated, none recreated", lambda: sorted(
         len(s.get("endpoints") or []) for s in _slices(client, "db")) == [1, 1, 2])

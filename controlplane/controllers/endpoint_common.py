@@ -9,6 +9,7 @@ caught up with its own last write (upstream's stale-cache checks).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import threading
 import time
@@ -89,6 +90,7 @@ def pod_ips(pod: Mapping[str, Any]) -> list[str]:
     return ips or ([str(status["podIP"])] if status.get("podIP") else [])
 
 
+@functools.lru_cache(maxsize=65536)  # parsing dominates large syncs; pod IPs repeat every sync
 def ip_family(ip: str) -> str | None:
     try:
         return "IPv6" if ipaddress.ip_address(ip).version == 6 else "IPv4"
@@ -96,6 +98,7 @@ def ip_family(ip: str) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=65536)
 def ip_sort_key(ip: str) -> tuple[int, int, str]:
     """Numeric address order (10.0.0.9 before 10.0.0.10), IPv4 before IPv6; junk last, by text."""
     try:
@@ -162,8 +165,13 @@ def hostname_for(pod: Mapping[str, Any], svc: Mapping[str, Any]) -> str | None:
 
 
 def target_ref(pod: Mapping[str, Any]) -> Obj:
+    """An ObjectReference with no empty field, so it compares equal to what the server stores."""
     m = meta(pod)
-    return {"kind": "Pod", "namespace": m.get("namespace"), "name": m.get("name"), "uid": m.get("uid")}
+    ref: Obj = {"kind": "Pod"}
+    for field in ("namespace", "name", "uid"):
+        if m.get(field):
+            ref[field] = m[field]
+    return ref
 
 
 def service_labels(svc: Mapping[str, Any], reserved: Iterable[str] = ()) -> dict[str, str]:

@@ -204,11 +204,15 @@ def _updated_slice(svc: Mapping[str, Any], slot: _Slot, group: Group) -> Obj:
 
 
 def _differs(svc: Mapping[str, Any], slot: _Slot) -> bool:
+    """Labels or endpoints differ, ignoring order and what the server omits.  Desired endpoints
+    carry no empty field (pod_endpoint), so only the stored side needs pruning."""
     current = slot.slice
     if dict(meta(current).get("labels") or {}) != slice_labels(svc):
         return True
-    wanted = prune(_sorted_endpoints(slot.endpoints))
-    return bool(prune(_sorted_endpoints(current.get("endpoints") or [])) != wanted)
+    stored = current.get("endpoints") or []
+    if len(stored) != len(slot.endpoints):
+        return True
+    return {endpoint_key(e): prune(e) for e in stored} != {endpoint_key(e): e for e in slot.endpoints}
 
 
 def _keep_in_place(svc: Mapping[str, Any], existing: list[Obj], remaining: dict[str, Obj],

@@ -139,6 +139,16 @@ def test_one_change_writes_one_slice() -> None:
     assert store.sizes() == [49, 100, 100]
 
 
+def test_stored_order_and_omitted_fields_are_no_difference() -> None:
+    svc, store = make_service(), Store()
+    converge(svc, pods(5), store)
+    for s in store.list():
+        s["endpoints"] = [{**e, "hints": {}, "zone": ""} for e in reversed(s["endpoints"])]
+    assert desired_slices(svc, pods(5), store.list()).empty
+    store.list()[0]["endpoints"].append(dict(store.list()[0]["endpoints"][0]))  # a duplicate
+    assert len(desired_slices(svc, pods(5), store.list()).update) == 1
+
+
 def test_new_endpoints_fill_room_before_creating() -> None:
     svc, store = make_service(), Store()
     converge(svc, pods(150), store)
