@@ -9,7 +9,8 @@ level-triggered `sync(node)` doing three things:
    with our clock: hosts' clocks drift.  No change for --node-monitor-grace-period -> Ready,
    MemoryPressure, DiskPressure and PIDPressure become Unknown ("Kubelet stopped posting node
    status.") through nodes/status.  A freshly seen node (or a restarted controller) starts a new
-   grace period.
+   grace period; a node that never posted Ready gets --node-startup-grace-period (60 s) instead,
+   as a booting kubelet does upstream.
 2. Taints.  Ready=False/Unknown -> node.kubernetes.io/not-ready / unreachable with effect NoExecute
    (taint-based eviction) and NoSchedule (TaintNodesByCondition, with the pressure and
    unschedulable taints); they go away when the kubelet posts Ready=True again.  The pods of a

@@ -290,3 +290,11 @@ def test_exhaustion_event() -> None:
     ctl.node_changed("b")
     ctl.run_once()
     assert rec.events == [("Normal", "CIDRNotAvailable", "Node b status is now: CIDRNotAvailable")]
+
+
+def test_dual_stack_node_gets_one_cidr_per_family() -> None:
+    ctl, api, cache = controller(make_node("a"), make_node("b"), cidr="10.244.0.0/16,fd00:44::/48", mask=None)
+    ctl.run_once()
+    assert api.patches[1][1]["spec"] == {"podCIDR": "10.244.1.0/24",
+                                         "podCIDRs": ["10.244.1.0/24", "fd00:44:0:1::/64"]}
+    assert node_cidrs(cache.items["a"]) == ["10.244.0.0/24", "fd00:44::/64"]
