@@ -4,6 +4,8 @@ Unschedulable, retries."""
 from __future__ import annotations
 
 import threading
+import time
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -223,7 +225,7 @@ def test_other_api_error_parks_the_pod_for_a_retry() -> None:
 
 
 def test_transport_error_in_run_parks_the_pod_and_the_loop_goes_on() -> None:
-    sched, api, _, _ = make([node("n1")], [pod("a"), pod("b")])
+    sched, api, _, _ = make([node("n1")], [pod("a"), pod("b")], bind_workers=0)  # inline binding
     api.bind_errors = [ConnectionResetError("gone")]
     stop = threading.Event()
     calls = []
@@ -392,3 +394,56 @@ def test_failed_scheduling_on_a_new_message_and_once_a_retry_period() -> None:
 def test_scheduler_without_a_recorder_still_works() -> None:
     sched, api, _, _ = make([node("n1")], [pod("a")], recorder=None)
     assert drain(sched) == ["n1"] and api.bindings == [("a", "n1", "default")]
+
+
+# ---------------------------------------------------------------------------------------- async binding
+def _run_until(sched: Scheduler, done: Any, timeout: float = 5.0) -> None:
+    stop = threading.Event()
+    thread = threading.Thread(target=sched.run, args=(stop, 0.01))
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not done() and time.monotonic() < deadline:
+            time.sleep(0.005)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_run_binds_on_worker_threads_and_never_twice() -> None:
+    sched, api, _, _ = make([node(f"n{i}") for i in range(3)], [pod(f"p{i}") for i in range(30)],
+                            bind_workers=3)
+    _run_until(sched, lambda: sched.bound == 30)
+    assert sched.bound == 30 and len(api.bindings) == 30
+    assert len({b[0] for b in api.bindings}) == 30  # each pod once
+    counts = Counter(b[1] for b in api.bindings)
+    assert counts == {"n0": 10, "n1": 10, "n2": 10}  # assumptions made before the POSTs returned
+    assert sched._binder is None  # the pool lives only while run() runs
+
+
+def test_stopping_drops_queued_bindings_and_requeues_their_pods() -> None:
+    sched, api, _, _ = make([node("n1")], [pod("a"), pod("b"), pod("c")], bind_workers=1)
+    gate = threading.Event()
+    bind = api.bind
+
+    def slow_bind(pod_name: str, node_name: str, namespace: str | None = None) -> dict[str, Any]:
+        gate.wait(5)
+        return bind(pod_name, node_name, namespace)
+
+    api.bind = slow_bind  # type: ignore[method-assign]
+    timer = threading.Timer(0.5, gate.set)  # released after run() was told to stop
+    timer.start()
+    _run_until(sched, lambda: len(sched.assumed()) == 3)
+    timer.join()
+    assert [b[0] for b in api.bindings] == ["a"]  # in flight when stopped: finished
+    assert sched.assumed().keys() == {"default/a"}
+    assert sched.queue.active() == ["default/b", "default/c"]  # for the next run (new leader term)
+
+
+def test_transport_error_on_a_binder_thread_parks_the_pod() -> None:
+    sched, api, _, _ = make([node("n1")], [pod("a"), pod("b")], bind_workers=1)  # one worker: FIFO
+    api.bind_errors = [ConnectionResetError("gone")]
+    _run_until(sched, lambda: sched.bound == 1 and sched.queue.unschedulable() == {"default/a"})
+    assert api.bindings == [("b", "n1", "default")]
+    assert sched.queue.unschedulable() == {"default/a"} and sched.assumed().keys() == {"default/b"}
