@@ -1,5 +1,6 @@
 """Node IPAM in podnet-controller-manager against a real podnet-apiserver: distinct pod CIDRs in range,
-a user-set CIDR respected, a restart that reassigns nothing, a deleted node's CIDR reused."""
+a user-set CIDR respected, a restart that reassigns nothing, a deleted node's CIDR reused; an exhausted
+range makes a node wait (CIDRNotAvailable) until a release."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from netns_tests.apiserver_fixtures import ApiServerProcess, component_command, component_process
-from podnet.api.client import NODES, ApiError, Client
+from podnet.api.client import EVENTS, NODES, ApiError, Client
 from podnet.testing.wait import wait_until
 
 CLUSTER = ipaddress.ip_network("10.244.0.0/16")
@@ -87,3 +88,25 @@ def test_nodeipam_assigns_survives_restart_and_reuses(client: Client, apiserver:
         print(f"node-3 deleted -> node-7 got its CIDR in {time.monotonic() - started:.2f}s")
         assert _cidrs(client)["node-7"] == freed
         _stop(proc, second)
+
+
+def test_nodeipam_exhausted_range_waits_for_a_release(client: Client, apiserver: ApiServerProcess,
+                                                      tmp_path: Path) -> None:
+    command = [*COMMAND[:-2], "--cluster-cidr=10.99.0.0/23", "--node-cidr-mask-size=24"]
+    log_path = tmp_path / "cm.log"
+    with component_process(apiserver, log_path, command) as proc:
+        client.create(NODES, _node("a"))  # one after the other: "a" takes the lower subnet
+        wait_until(lambda: _all_assigned(client, ["a"]), 20.0, "a podCIDR")
+        client.create(NODES, _node("b"))
+        wait_until(lambda: _all_assigned(client, ["b"]), 20.0, "b podCIDR")
+        client.create(NODES, _node("c"))
+
+        def not_available() -> bool:
+            return any(e["reason"] == "CIDRNotAvailable" and e["involvedObject"]["name"] == "c"
+                       for e in client.list(EVENTS, "default")["items"])
+
+        wait_until(not_available, 10.0, "a CIDRNotAvailable event for node c")
+        assert _cidrs(client) == {"a": "10.99.0.0/24", "b": "10.99.1.0/24", "c": None}
+        client.delete(NODES, "a")
+        wait_until(lambda: _cidrs(client).get("c") == "10.99.0.0/24", 10.0, "c gets a's CIDR")
+        _stop(proc, log_path)
