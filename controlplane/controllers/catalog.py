@@ -16,10 +16,10 @@ __all__ = ["CONTROLLERS", "build", "select"]
 
 CONTROLLERS: dict[str, str] = {
     "replicationcontroller": "controlplane.controllers.replication:build",
-    "nodelifecycle": "controlplane.controllers.nodelifecycle:build",
-    "nodeipam": "controlplane.controllers.nodeipam:build",
     "replicaset": "controlplane.controllers.replicaset:build",
     "deployment": "controlplane.controllers.deployment:build",
+    "nodelifecycle": "controlplane.controllers.nodelifecycle:build",
+    "nodeipam": "controlplane.controllers.nodeipam:build",
     "endpoint": "controlplane.controllers.endpoints:build",
     "endpointslice": "controlplane.controllers.endpointslice:build",
     "namespace": "controlplane.controllers.namespace:build",
