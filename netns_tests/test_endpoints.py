@@ -21,7 +21,7 @@ from netns_tests.apiserver_fixtures import (
     component_process,
     kubectl_binary,
 )
-from podnet.api.client import ENDPOINTS, ENDPOINTSLICES, PODS, SERVICES, ApiError, Client
+from podnet.api.client import ENDPOINTS, ENDPOINTSLICES, NODES, PODS, SERVICES, ApiError, Client
 from podnet.testing.wait import wait_until
 
 Obj = dict[str, Any]
@@ -121,6 +121,8 @@ def _until(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
 def test_endpoints_follow_pod_readiness_and_termination(
         client: Client, apiserver: ApiServerProcess, manager: tuple[subprocess.Popen[bytes], Path]) -> None:
     proc, log_path = manager
+    node_meta = {"name": "node-1", "labels": {"topology.kubernetes.io/zone": "zone-a"}}
+    client.create(NODES, {"apiVersion": "v1", "kind": "Node", "metadata": node_meta})
     client.create(SERVICES, _service("web"), NS)
     # the named targetPort "http" is 8080 in one pod and 9090 in the other
     client.create(PODS, _pod("web-a", "web", 8080, node="node-1"), NS)
@@ -141,9 +143,12 @@ def test_endpoints_follow_pod_readiness_and_termination(
     address = ep["subsets"][1]["addresses"][0]
     assert (address["ip"], address["nodeName"], address["targetRef"]["kind"]) == (
         "10.244.2.7", "node-2", "Pod")
+    zones = {}
     for s in _slices(client, "web"):
         assert s["metadata"]["name"].startswith("web-") and s["addressType"] == "IPv4"
         assert s["metadata"]["ownerReferences"][0]["kind"] == "Service"
+        zones.update({e["targetRef"]["name"]: e.get("zone") for e in s["endpoints"]})
+    assert zones == {"web-a": "zone-a", "web-b": None}  # node-2 exists only in the pod's binding
 
     _kubelet(client, "web-b", "10.244.2.7", ready=False)
     _until("not ready: notReadyAddresses", lambda: _subsets(client, "web") == [

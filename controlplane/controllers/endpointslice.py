@@ -44,7 +44,7 @@ from controlplane.controllers.endpoint_common import (
     spec,
     target_ref,
 )
-from podnet.api.client import ENDPOINTSLICES, PODS, SERVICES, ApiError
+from podnet.api.client import ENDPOINTSLICES, NODES, PODS, SERVICES, ApiError
 from podnet.api.informer import Handlers, object_key
 
 __all__ = ["CONTROLLER_NAME", "MANAGED_BY_LABEL", "SERVICE_NAME_LABEL", "EndpointSliceController",
@@ -54,6 +54,7 @@ __all__ = ["CONTROLLER_NAME", "MANAGED_BY_LABEL", "SERVICE_NAME_LABEL", "Endpoin
 log = logging.getLogger("podnet.controllers.endpointslice")
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+ZONE_LABEL = "topology.kubernetes.io/zone"
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 CONTROLLER_NAME = "endpointslice-controller.k8s.io"
 MAX_ENDPOINTS_PER_SLICE = 100  # upstream --max-endpoints-per-slice default
@@ -111,8 +112,10 @@ def pod_ports_key(svc: Mapping[str, Any], pod: Mapping[str, Any]) -> PortsKey:
     return ports_key(ports)
 
 
-def pod_endpoint(svc: Mapping[str, Any], pod: Mapping[str, Any], address_type: str) -> Obj | None:
-    """The pod's Endpoint in a slice of `address_type` (None without an IP of that family)."""
+def pod_endpoint(svc: Mapping[str, Any], pod: Mapping[str, Any], address_type: str,
+                 zones: Mapping[str, str] | None = None) -> Obj | None:
+    """The pod's Endpoint in a slice of `address_type` (None without an IP of that family); `zones`
+    maps node names to their topology.kubernetes.io/zone label."""
     addresses = [ip for ip in pod_ips(pod) if ip_family(ip) == address_type]
     if not addresses:
         return None
@@ -122,8 +125,11 @@ def pod_endpoint(svc: Mapping[str, Any], pod: Mapping[str, Any], address_type: s
     endpoint: Obj = {"addresses": addresses,
                      "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
                      "targetRef": target_ref(pod)}
-    if spec(pod).get("nodeName"):
-        endpoint["nodeName"] = spec(pod)["nodeName"]
+    node = spec(pod).get("nodeName")
+    if node:
+        endpoint["nodeName"] = node
+        if (zones or {}).get(node):
+            endpoint["zone"] = (zones or {})[node]
     hostname = hostname_for(pod, svc)
     if hostname:
         endpoint["hostname"] = hostname
@@ -137,13 +143,14 @@ def endpoint_key(endpoint: Mapping[str, Any]) -> str:
     return ",".join(str(a) for a in endpoint.get("addresses") or [])
 
 
-def desired_groups(svc: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> dict[Group, dict[str, Obj]]:
+def desired_groups(svc: Mapping[str, Any], pods: Iterable[Mapping[str, Any]],
+                   zones: Mapping[str, str] | None = None) -> dict[Group, dict[str, Obj]]:
     """(addressType, ports) -> endpoint key -> Endpoint, for every non-empty group."""
     groups: dict[Group, dict[str, Obj]] = {}
     candidates = [p for p in pods_for_service(svc, pods) if should_pod_be_in_endpoints(p, True)]
     for address_type in address_types(svc):
         for pod in candidates:
-            endpoint = pod_endpoint(svc, pod, address_type)
+            endpoint = pod_endpoint(svc, pod, address_type, zones)
             if endpoint is not None:
                 group = groups.setdefault((address_type, pod_ports_key(svc, pod)), {})
                 group[endpoint_key(endpoint)] = endpoint
@@ -279,7 +286,8 @@ def _plan_placeholder(svc: Mapping[str, Any], owned: list[Obj], plan: SlicePlan)
 
 
 def desired_slices(svc: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], existing: Iterable[Obj],
-                   max_per_slice: int = MAX_ENDPOINTS_PER_SLICE) -> SlicePlan:
+                   max_per_slice: int = MAX_ENDPOINTS_PER_SLICE,
+                   zones: Mapping[str, str] | None = None) -> SlicePlan:
     """Reconcile the service's managed slices (`existing`) with its pods.  Slices owned by another
     object (a deleted-and-recreated service of the same name) or of a group no longer wanted are
     deleted."""
@@ -287,7 +295,7 @@ def desired_slices(svc: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], ex
     owned: list[Obj] = []
     for slice_ in existing:
         (owned if _owned_by(slice_, svc) else plan.delete).append(slice_)
-    groups = desired_groups(svc, pods)
+    groups = desired_groups(svc, pods, zones)
     if not groups:
         _plan_placeholder(svc, owned, plan)
         return plan
@@ -310,12 +318,12 @@ def _service_key_of(slice_: Mapping[str, Any]) -> str | None:
 class EndpointSliceController(ServicePodController):
     name = "endpointslice"
 
-    def __init__(self, api: Api, services: Cache, pods: Cache, slices: Cache, *,
+    def __init__(self, api: Api, services: Cache, pods: Cache, slices: Cache, nodes: Cache | None = None, *,
                  max_endpoints_per_slice: int = MAX_ENDPOINTS_PER_SLICE, resync_period: float = 30.0,
                  retry_delay: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(api, services, pods, resync_period=resync_period, retry_delay=retry_delay,
                          clock=clock)
-        self.slices, self.max_per_slice = slices, max_endpoints_per_slice
+        self.slices, self.nodes, self.max_per_slice = slices, nodes, max_endpoints_per_slice
 
     # ------------------------------------------------------------------ informer handlers
     def slice_changed(self, slice_: Obj) -> None:
@@ -345,8 +353,21 @@ class EndpointSliceController(ServicePodController):
             return
         if self.cache_lags(key, self.slices):
             return
-        plan = desired_slices(svc, self.pods.list(), self.managed_slices(key), self.max_per_slice)
+        plan = desired_slices(svc, self.pods.list(), self.managed_slices(key), self.max_per_slice,
+                              self.zones())
         self._apply(key, plan)
+
+    def zones(self) -> dict[str, str]:
+        """Node name -> zone label.  Node events are not watched for this: zones are set when a node
+        registers, before pods land on it; a later relabel shows at the next resync."""
+        if self.nodes is None:
+            return {}
+        zones = {}
+        for node in self.nodes.list():
+            zone = (meta(node).get("labels") or {}).get(ZONE_LABEL)
+            if zone:
+                zones[str(meta(node)["name"])] = str(zone)
+        return zones
 
     def _apply(self, key: str, plan: SlicePlan) -> None:
         """Create, then update, then delete (upstream's order: a consumer never sees fewer endpoints
@@ -383,11 +404,11 @@ class EndpointSliceController(ServicePodController):
 
 
 def build(ctx: ControllerContext) -> EndpointSliceController:
-    """The catalog's entry: informers on services, pods and endpointslices."""
+    """The catalog's entry: informers on services, pods, endpointslices and nodes (zones)."""
     services, pods = ctx.informers.get(SERVICES), ctx.informers.get(PODS)
     slices = ctx.informers.get(ENDPOINTSLICES)
     controller = EndpointSliceController(
-        ctx.client, services, pods, slices, resync_period=ctx.options.resync_period,
+        ctx.client, services, pods, slices, ctx.informers.get(NODES), resync_period=ctx.options.resync_period,
         max_endpoints_per_slice=getattr(ctx.options, "max_endpoints_per_slice", MAX_ENDPOINTS_PER_SLICE))
     services.add_handlers(Handlers(on_change=controller.service_changed))
     pods.add_handlers(Handlers(on_add=controller.pod_added, on_update=controller.pod_updated,

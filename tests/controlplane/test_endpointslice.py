@@ -16,6 +16,7 @@ from controlplane.controllers.endpointslice import (
     CONTROLLER_NAME,
     MANAGED_BY_LABEL,
     SERVICE_NAME_LABEL,
+    ZONE_LABEL,
     EndpointSliceController,
     SlicePlan,
     address_types,
@@ -60,6 +61,21 @@ def test_endpoint_fields() -> None:
         "nodeName": "node-a", "hostname": "h"}
     assert pod_endpoint(svc, pod, "IPv6")["addresses"] == ["fd00::1"]  # type: ignore[index]
     assert pod_endpoint(svc, make_pod("b", "10.244.0.2"), "IPv6") is None
+
+
+def test_zone_from_the_node() -> None:
+    zones = {"node-a": "zone-1"}
+    on_a = pod_endpoint(make_service(), make_pod("a", "10.244.0.1"), "IPv4", zones)
+    on_b = pod_endpoint(make_service(), make_pod("b", "10.244.0.2", node="node-b"), "IPv4", zones)
+    assert on_a is not None and on_a["zone"] == "zone-1"
+    assert on_b is not None and "zone" not in on_b
+    api, nodes = FakeApi(), FakeCache({"metadata": {"name": "node-a", "labels": {ZONE_LABEL: "zone-1"}}},
+                                      {"metadata": {"name": "node-b"}})
+    ctl = EndpointSliceController(api, FakeCache(make_service()), FakeCache(make_pod("a", "10.244.0.1")),
+                                  FakeCache(), nodes)
+    assert ctl.zones() == zones
+    ctl.sync("default/web")
+    assert api.written[0]["endpoints"][0]["zone"] == "zone-1"
 
 
 def test_labels_and_address_types() -> None:
