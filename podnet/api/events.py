@@ -11,6 +11,10 @@ client-go's EventRecorder + EventCorrelator, simplified:
   aggregation interval) is not a new object: the recorder PATCHes the earlier Event's `count` and
   `lastTimestamp`.  Which events were sent is remembered in a bounded LRU (4096, upstream's
   cache size).  If that Event was deleted meanwhile (a 404), a fresh one is created.
+* Spam filter (upstream's EventSourceObjectSpamFilter): each involved object gets a token bucket
+  of 25 events refilled at one per 5 minutes; events beyond it are skipped silently.  Scaling an
+  RC to 1,000 thus writes ~25 SuccessfulCreate Events, not 1,000 (the API server has better things
+  to do), while every pod still gets its own Scheduled Event.
 * Recording never blocks the caller: `event()` puts onto a bounded queue that one background thread
   drains.  A full queue, or a failed write, drops the event with a log line: events are a
   diagnostic, never a reason to slow down or fail a scheduler or a controller.
@@ -39,6 +43,8 @@ log = logging.getLogger(__name__)
 NORMAL, WARNING = "Normal", "Warning"
 DEFAULT_WINDOW = 600.0  # upstream defaultAggregateIntervalInSeconds
 DEFAULT_CACHE_SIZE = 4096  # upstream maxLruCacheEntries
+DEFAULT_SPAM_BURST = 25  # upstream defaultSpamBurst: events per source+object before throttling
+DEFAULT_SPAM_QPS = 1.0 / 300.0  # upstream defaultSpamQPS: then one more every 5 minutes
 Obj = dict[str, Any]
 
 
@@ -101,12 +107,37 @@ def _correlation_key(item: _Pending) -> CorrelationKey:
             ref.get("uid", ""), item.type, item.reason, item.message)
 
 
+class _TokenBuckets:
+    """One token bucket per key (LRU-bounded): `burst` tokens, refilled at `qps` per second."""
+
+    def __init__(self, burst: int, qps: float, size: int) -> None:
+        self.burst, self.qps, self.size = burst, qps, size
+        # key -> (tokens left, when they were counted)
+        self._buckets: collections.OrderedDict[tuple[str, ...], tuple[float, float]] = (
+            collections.OrderedDict())
+
+    def take(self, key: tuple[str, ...], now: float) -> bool:
+        tokens, since = self._buckets.pop(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - since) * self.qps)
+        allowed = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+        while len(self._buckets) > self.size:
+            self._buckets.popitem(last=False)
+        return allowed
+
+
+def _spam_key(ref: Mapping[str, str]) -> tuple[str, ...]:
+    # upstream getSpamKey: the source (one per recorder here) and the object, not the reason
+    return tuple(ref.get(k, "") for k in ("kind", "namespace", "name", "uid", "apiVersion"))
+
+
 class EventRecorder:
     """Asynchronous, correlating Event writer for one component (e.g. "default-scheduler")."""
 
     def __init__(self, sink: EventSink, component: str, host: str = "", *, instance: str | None = None,
                  queue_size: int = 1000, window: float = DEFAULT_WINDOW,
-                 cache_size: int = DEFAULT_CACHE_SIZE, clock: Callable[[], float] = time.time,
+                 cache_size: int = DEFAULT_CACHE_SIZE, spam_burst: int = DEFAULT_SPAM_BURST,
+                 spam_qps: float = DEFAULT_SPAM_QPS, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.sink, self.component, self.host = sink, component, host
         self.instance = instance if instance is not None else host
@@ -119,16 +150,21 @@ class EventRecorder:
         self._stopped = False
         self._thread: threading.Thread | None = None
         self._last_drop_log = 0.0
-        self.created = self.patched = self.dropped = 0
+        self._spam = _TokenBuckets(spam_burst, spam_qps, cache_size)
+        self.created = self.patched = self.dropped = self.throttled = 0
 
     # ------------------------------------------------------------------ the caller's side
     def event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str, *,
               kind: str | None = None, api_version: str | None = None) -> bool:
-        """Record an event about `obj`; returns False when it was dropped (never blocks)."""
+        """Record an event about `obj`; returns False when it was dropped or throttled (never
+        blocks)."""
         item = _Pending(object_reference(obj, kind, api_version), type_, reason, message, self.clock())
         with self._cond:
             if self._stopped:
                 return self._drop(item, "recorder stopped")
+            if not self._spam.take(_spam_key(item.ref), self.monotonic()):
+                self.throttled += 1  # upstream skips these without a word
+                return False
             self._ensure_thread()
             try:
                 self._queue.put_nowait(item)

@@ -253,3 +253,31 @@ def test_stop_returns_while_the_sink_hangs() -> None:
     assert rec.event(pod(), NORMAL, "Scheduled", "m", kind="Pod")
     rec.stop(0.2)  # returns although the write is stuck
     sink.gate.set()
+
+
+# ---------------------------------------------------------------------------------------- spam filter
+def test_spam_filter_25_per_object_then_one_every_5_minutes() -> None:
+    rec, sink, clocks = make()
+    rc = {"kind": "ReplicationController", "metadata": {"name": "x", "namespace": "default", "uid": "u"}}
+    accepted = [rec.event(rc, NORMAL, "SuccessfulCreate", f"Created pod: x-{i}") for i in range(30)]
+    assert accepted == [True] * 25 + [False] * 5 and rec.throttled == 5
+    assert rec.event(pod(), NORMAL, "Scheduled", "m", kind="Pod")  # another object: its own bucket
+    clocks.advance(299)
+    assert not rec.event(rc, NORMAL, "SuccessfulCreate", "Created pod: x-30")
+    clocks.advance(1)
+    assert rec.event(rc, NORMAL, "SuccessfulCreate", "Created pod: x-31")
+    assert not rec.event(rc, NORMAL, "SuccessfulCreate", "Created pod: x-32")
+    assert rec.flush(5)
+    assert len(sink.creates) == 27 and rec.dropped == 0
+    rec.stop()
+
+
+def test_spam_filter_counts_repeats_too() -> None:
+    """Upstream filters after correlation: a repeat that would only be a count patch still
+    takes a token."""
+    rec, sink, _ = make(spam_burst=3)
+    results = [rec.event(pod(), WARNING, "FailedScheduling", "same", kind="Pod") for _ in range(5)]
+    assert results == [True, True, True, False, False]
+    assert rec.flush(5)
+    assert len(sink.creates) == 1 and len(sink.patches) == 2
+    rec.stop()
