@@ -282,3 +282,13 @@ def test_deployment_cascades_through_replica_sets(client: Client, kubectl: Kubec
     wait_until(lambda: not client.list(REPLICASETS, ns)["items"] and not client.list(PODS, ns)["items"], 15,
                "the ReplicaSet and its pods deleted")
     assert gone(client, DEPLOYMENTS, "api", ns)
+
+
+def test_foreground_on_any_discovered_kind(client: Client, kubectl: Kubectl, ns: str) -> None:
+    """The collector watches every listable+watchable+deletable kind it discovered: a Role deleted in
+    the foreground (no dependents) loses its finalizer and goes."""
+    role = Resource("rbac.authorization.k8s.io", "v1", "roles")
+    client.create(role, {"metadata": {"name": "reader"}, "rules": [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]}, ns)
+    kubectl.run("delete", "role", "reader", "-n", ns, "--cascade=foreground", "--timeout=15s")
+    assert gone(client, role, "reader", ns)

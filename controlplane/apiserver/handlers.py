@@ -7,6 +7,7 @@ kubectl asks for one).  Errors are raised as ApiError and rendered as Status by 
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,11 @@ from controlplane.apiserver.routing import Target
 from podnet.api import selectors
 
 JsonObj = dict[str, Any]
+
+# Concurrent deletions of one deletecollection (upstream --delete-collection-workers, default 1): each
+# is two etcd round trips through the store threads, so the namespace controller's deletecollection
+# of many objects (hundreds of events) would otherwise take seconds.
+DELETE_COLLECTION_WORKERS = 16
 
 # Kinds whose DELETE answers the object itself; upstream answers the others with a Status Success
 # (generic registry Store.ReturnDeletedObject is set for these).
@@ -238,19 +244,24 @@ class ResourceHandlers:
         label_sel, field_sel = self.selectors(request, t.resource)
         listed = await self.registry.list(t.resource, t.namespace, label_selector=label_sel,
                                           field_selector=field_sel)
-        deleted = []
-        for item in listed.get("items", []):
+        workers = asyncio.Semaphore(DELETE_COLLECTION_WORKERS)
+
+        async def delete_one(item: JsonObj) -> JsonObj | None:
             meta = item.get("metadata") or {}
-            try:
-                obj, _ = await self.registry.delete(
-                    t.resource, meta.get("namespace", ""), meta["name"],
-                    grace_period_seconds=opts.get("gracePeriodSeconds"),
-                    propagation_policy=opts.get("propagationPolicy"), dry_run=opts["dryRun"])
-            except errors.ApiError as e:
-                if e.code == 404:  # deleted concurrently: upstream skips it as well
-                    continue
-                raise
-            deleted.append(obj)
+            async with workers:
+                try:
+                    obj, _ = await self.registry.delete(
+                        t.resource, meta.get("namespace", ""), meta["name"],
+                        grace_period_seconds=opts.get("gracePeriodSeconds"),
+                        propagation_policy=opts.get("propagationPolicy"), dry_run=opts["dryRun"])
+                except errors.ApiError as e:
+                    if e.code == 404:  # deleted concurrently: upstream skips it as well
+                        return None
+                    raise
+                return dict(obj)
+
+        results = await asyncio.gather(*(delete_one(item) for item in listed.get("items", [])))
+        deleted = [obj for obj in results if obj is not None]
         return json_response({"kind": t.resource.list_kind, "apiVersion": t.resource.api_version,
                               "metadata": {"resourceVersion": listed.get("metadata", {})
                                            .get("resourceVersion", "")}, "items": deleted})

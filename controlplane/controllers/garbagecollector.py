@@ -15,10 +15,11 @@ concerns dirty, and one `sync(uid)` decides, as upstream's attemptToDelete / att
 * an owner being deleted with "foregroundDeletion": its dependents are deleted (see above) and the
   finalizer is removed once no dependent with blockOwnerDeletion=true is left.
 
-The decisions are pure functions (`owner_state`, `dependent_action`, `blocking_dependents`) so they
-are table-tested; the controller only reads the graph, verifies and writes.  Not done (upstream
-does): discovery of every deletable kind (a fixed list here, `WATCHED`), cycle detection between
-foreground owners and their dependents.
+The kinds watched are discovered at start as upstream's GraphBuilder does (every resource that can be
+listed, watched and deleted), with the fixed `KINDS` as the fallback when discovery fails.  The
+decisions are pure functions (`owner_state`, `dependent_action`, `blocking_dependents`) so they are
+table-tested; the controller only reads the graph, verifies and writes.  Not done (upstream does):
+rediscovery of kinds added while running, cycle detection between foreground owners and dependents.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ from podnet.api.client import (
 )
 from podnet.api.informer import Handlers
 
-__all__ = ["FOREGROUND", "ORPHAN", "Action", "GarbageCollector", "UidGraph", "blocking_dependents",
-           "build", "dependent_action", "owner_state"]
+__all__ = ["FOREGROUND", "KINDS", "ORPHAN", "Action", "GarbageCollector", "UidGraph", "blocking_dependents",
+           "build", "dependent_action", "discover_kinds", "owner_state", "watchable_kinds"]
 
 log = logging.getLogger("podnet.controllers.garbagecollector")
 
@@ -59,7 +60,7 @@ ORPHAN = "orphan"  # metav1.FinalizerOrphanDependents
 FOREGROUND = "foregroundDeletion"  # metav1.FinalizerDeleteDependents
 SECRETS = Resource("", "v1", "secrets")
 
-# kind (group, Kind) -> resource, for the kinds watched (owners are looked up by their reference)
+# kind (group, Kind) -> resource: the fallback when discovery fails (owners are looked up by kind)
 KINDS: dict[tuple[str, str], Resource] = {
     ("", "Pod"): PODS, ("", "ReplicationController"): REPLICATIONCONTROLLERS,
     ("apps", "ReplicaSet"): REPLICASETS, ("apps", "Deployment"): DEPLOYMENTS,
@@ -67,13 +68,15 @@ KINDS: dict[tuple[str, str], Resource] = {
     ("", "ConfigMap"): CONFIGMAPS, ("", "Secret"): SECRETS, ("", "Service"): SERVICES,
     ("", "ServiceAccount"): SERVICEACCOUNTS, ("", "Namespace"): NAMESPACES, ("", "Node"): NODES,
 }
-WATCHED: tuple[Resource, ...] = tuple(KINDS.values())
 
 SOLID, WAITING, ABSENT, DANGLING = "solid", "waiting", "absent", "dangling"
 
 
 class Api(Protocol):
     """The part of podnet.api.client.Client the collector uses (unit tests fake this seam)."""
+
+    def request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None, body: Any = None,
+                content_type: str = "application/json") -> Any: ...
 
     def get(self, res: Resource, name: str, namespace: str | None = None) -> Obj: ...
 
@@ -106,6 +109,31 @@ def owner_state(owner: Mapping[str, Any] | None) -> str:
     if owner is None:
         return ABSENT
     return WAITING if deleting_with(owner, FOREGROUND) else SOLID
+
+
+def watchable_kinds(documents: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], Resource]:
+    """(group, Kind) -> resource for every resource of the APIResourceList documents that can be
+    listed, watched and deleted (upstream GetDeletableResources); subresources are skipped."""
+    kinds: dict[tuple[str, str], Resource] = {}
+    for doc in documents:
+        group, _, version = str(doc.get("groupVersion") or "").rpartition("/")
+        for entry in doc.get("resources") or []:
+            name = str(entry.get("name") or "")
+            if "/" in name or not {"list", "watch", "delete"} <= set(entry.get("verbs") or []):
+                continue
+            kinds.setdefault((group, str(entry.get("kind"))),
+                             Resource(group, version, name, bool(entry.get("namespaced"))))
+    return kinds
+
+
+def discover_kinds(api: Api) -> dict[tuple[str, str], Resource]:
+    """/api/v1 and the preferred version of every /apis group."""
+    documents = [{"groupVersion": "v1", **api.request("GET", "/api/v1")}]
+    for group in (api.request("GET", "/apis") or {}).get("groups") or []:
+        preferred = (group.get("preferredVersion") or {}).get("groupVersion")
+        if preferred:
+            documents.append(api.request("GET", f"/apis/{preferred}"))
+    return watchable_kinds(documents)
 
 
 def ref_kind(ref: Mapping[str, Any]) -> tuple[str, str]:
@@ -229,11 +257,13 @@ class UidGraph:
 class GarbageCollector(KeyedController):
     name = "garbagecollector"
 
-    def __init__(self, api: Api, graph: UidGraph | None = None, *, resync_period: float = 30.0,
+    def __init__(self, api: Api, graph: UidGraph | None = None, *,
+                 kinds: Mapping[tuple[str, str], Resource] | None = None, resync_period: float = 30.0,
                  retry_delay: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(resync_period=resync_period, retry_delay=retry_delay, clock=clock)
         self.api = api
         self.graph = graph or UidGraph()
+        self.kinds = dict(kinds if kinds is not None else KINDS)
         self._absent: set[str] = set()  # owner uids confirmed gone (uids never come back)
 
     # ------------------------------------------------------------------ informer handlers (record only)
@@ -289,7 +319,7 @@ class GarbageCollector(KeyedController):
         state = owner_state(owner.obj if owner else None)
         if state != ABSENT:
             return state
-        res = KINDS.get(ref_kind(ref))
+        res = self.kinds.get(ref_kind(ref))
         namespace = _meta(dependent).get("namespace")
         if res is not None and res.namespaced and not namespace:
             return DANGLING  # upstream: a cluster-scoped dependent cannot have a namespaced owner
@@ -362,8 +392,13 @@ class GarbageCollector(KeyedController):
 
 
 def build(ctx: ControllerContext) -> GarbageCollector:
-    """The catalog's entry: a collector on the shared informers of every watched kind."""
-    gc = GarbageCollector(ctx.client, resync_period=ctx.options.resync_period)
-    for res in WATCHED:
+    """The catalog's entry: a collector on the shared informers of every discovered kind."""
+    try:
+        kinds = discover_kinds(ctx.client)
+    except (ApiError, OSError) as e:
+        log.warning("discovery failed (%s); watching the built-in kinds only", e)
+        kinds = dict(KINDS)
+    gc = GarbageCollector(ctx.client, kinds=kinds, resync_period=ctx.options.resync_period)
+    for res in dict.fromkeys(kinds.values()):
         ctx.informers.get(res).add_handlers(gc.handlers(res))
     return gc

@@ -142,6 +142,10 @@ class FakeCluster:
         if h is not None and h.on_delete:
             h.on_delete(o)
 
+    def request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None, body: Any = None,
+                content_type: str = "application/json") -> Any:
+        raise AssertionError("the collector only uses discovery at build time")
+
     def get(self, res: Resource, name: str, namespace: str | None = None) -> Obj:
         self.gets += 1
         return self._find(res, name, namespace)
@@ -314,12 +318,46 @@ def test_stale_patch_is_retried() -> None:
     assert "ownerReferences" not in cluster.objects[("pods", "default", "p0")][1]["metadata"]
 
 
-def test_resync_keys_and_watched_kinds() -> None:
+def test_resync_keys() -> None:
     c = GarbageCollector(FakeCluster())
     c.graph.upsert(PODS, obj("p", refs=[ref("x")]))
     c.graph.upsert(CONFIGMAPS, obj("plain"))
     assert c.resync_keys() == ["uid-p"]
-    assert gc.KINDS[("apps", "ReplicaSet")].plural == "replicasets"
-    assert {r.plural for r in gc.WATCHED} >= {"pods", "replicationcontrollers", "replicasets", "deployments",
-                                              "endpointslices", "configmaps", "secrets", "services",
-                                              "serviceaccounts"}
+
+
+STANDARD = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+DISCOVERY = {
+    "/api/v1": {"groupVersion": "v1", "resources": [
+        {"name": "pods", "kind": "Pod", "namespaced": True, "verbs": STANDARD},
+        {"name": "pods/status", "kind": "Pod", "namespaced": True, "verbs": ["get", "patch"]},
+        {"name": "nodes", "kind": "Node", "namespaced": False, "verbs": STANDARD},
+        {"name": "bindings", "kind": "Binding", "namespaced": True, "verbs": ["create"]}]},
+    "/apis": {"groups": [{"name": "apps", "preferredVersion": {"groupVersion": "apps/v1"}}]},
+    "/apis/apps/v1": {"groupVersion": "apps/v1", "resources": [
+        {"name": "replicasets", "kind": "ReplicaSet", "namespaced": True, "verbs": STANDARD}]},
+}
+
+
+class Discovery(FakeCluster):
+    def request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None, body: Any = None,
+                content_type: str = "application/json") -> Any:
+        assert method == "GET"
+        return DISCOVERY[path]
+
+
+def test_discovered_kinds() -> None:
+    assert gc.discover_kinds(Discovery()) == {
+        ("", "Pod"): PODS, ("", "Node"): Resource("", "v1", "nodes", namespaced=False),
+        ("apps", "ReplicaSet"): Resource("apps", "v1", "replicasets")}
+    assert {r.plural for r in gc.KINDS.values()} >= {
+        "pods", "replicationcontrollers", "replicasets", "deployments", "endpointslices", "configmaps",
+        "secrets", "services", "serviceaccounts"}  # the fallback
+
+
+def test_owner_of_an_unknown_kind_is_left_alone() -> None:
+    cluster = FakeCluster()
+    c = GarbageCollector(cluster, kinds={("", "ReplicationController"): REPLICATIONCONTROLLERS})
+    cluster.handlers["configmaps"] = c.handlers(CONFIGMAPS)
+    cluster.add(CONFIGMAPS, obj("cm", refs=[ref("uid-x", kind="Widget", name="x")]))
+    settle(c)
+    assert cluster.names(CONFIGMAPS) == {"cm"} and cluster.calls == [] and cluster.gets == 0
