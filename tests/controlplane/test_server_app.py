@@ -698,3 +698,34 @@ def test_allocation_repair_pass_releases_leaks_and_keeps_used_values() -> None:
             await registry.stop()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_propagation_policy_and_namespace_finalize_over_http() -> None:
+    """DeleteOptions' orphanDependents (body or query) maps to the orphan finalizer (false clears it);
+    PUT namespaces/<name>/finalize takes only spec.finalizers and ends a Terminating namespace."""
+    async def scenario(client: TestClient, store: FlakyStore) -> None:
+        for name in ("a", "b"):
+            await call(client, "POST", f"{NS}/configmaps", cm(name))
+        _, body = await call(client, "DELETE", f"{NS}/configmaps/a", {"orphanDependents": True})
+        assert body["metadata"]["finalizers"] == ["orphan"]
+        _, body = await call(client, "DELETE", f"{NS}/configmaps/a?orphanDependents=false")
+        assert body["status"] == "Success"  # the orphan finalizer removed: deleted
+        _, body = await call(client, "DELETE", f"{NS}/configmaps/b?propagationPolicy=Foreground")
+        assert body["metadata"]["finalizers"] == ["foregroundDeletion"]
+        _, v1 = await call(client, "GET", "/api/v1")
+        subs = {r["name"]: r["verbs"] for r in v1["resources"] if r["name"].startswith("namespaces/")}
+        assert subs == {"namespaces/finalize": ["update"], "namespaces/status": ["get", "patch", "update"]}
+
+        await call(client, "POST", "/api/v1/namespaces", {"metadata": {"name": "t"}})
+        status, ns = await call(client, "DELETE", "/api/v1/namespaces/t")
+        assert status == 200 and ns["status"]["phase"] == "Terminating"
+        assert ns["spec"]["finalizers"] == ["kubernetes"]  # waits for the namespace controller
+        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "t"},
+                "spec": {"finalizers": []}, "status": {"phase": "Active"}}
+        status, done = await call(client, "PUT", "/api/v1/namespaces/t/finalize", body)
+        assert status == 200 and done["spec"]["finalizers"] == []
+        assert (await call(client, "GET", "/api/v1/namespaces/t"))[0] == 404
+        status, _ = await call(client, "POST", "/api/v1/namespaces/default/finalize", body)
+        assert status == 405
+
+    serve(scenario)
