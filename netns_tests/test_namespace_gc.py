@@ -292,3 +292,15 @@ def test_foreground_on_any_discovered_kind(client: Client, kubectl: Kubectl, ns:
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]}, ns)
     kubectl.run("delete", "role", "reader", "-n", ns, "--cascade=foreground", "--timeout=15s")
     assert gone(client, role, "reader", ns)
+
+
+@pytest.mark.parametrize("cascade", ["foreground", "orphan"])
+def test_namespace_deleted_with_a_policy_finalizer(client: Client, kubectl: Kubectl, cascade: str,
+                                                   manager: subprocess.Popen[bytes]) -> None:
+    """The namespace itself carries the policy's finalizer: the collector removes it, the namespace
+    controller finalizes, and only then does the namespace go."""
+    name = f"ns-{cascade}"
+    client.create(NAMESPACES, {"metadata": {"name": name}})
+    client.create(CONFIGMAPS, {"metadata": {"name": "c"}}, name)
+    kubectl.run("delete", "namespace", name, f"--cascade={cascade}", "--timeout=20s")
+    assert gone(client, NAMESPACES, name, None) and namespace_empty(client, name)

@@ -27,7 +27,6 @@ from controlplane.controllers.context import ControllerContext
 from controlplane.controllers.replication import (
     Api,
     Cache,
-    Recorder,
     WorkloadKind,
     adopt_and_release,
     claim_pods,
@@ -86,11 +85,9 @@ class DeploymentController(KeyedController):
 
     def __init__(self, api: GetApi, deployments: Cache, rss: Cache, pods: Cache, *,
                  resync_period: float = 30.0, retry_delay: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 recorder: Recorder | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         super().__init__(resync_period=resync_period, retry_delay=retry_delay, clock=clock)
         self.api, self.deployments, self.rss, self.pods, self.wall = api, deployments, rss, pods, wall
-        self.recorder = recorder
 
     # ------------------------------------------------------------------ informer handlers (record only)
     def deployment_changed(self, key: str) -> None:
@@ -246,8 +243,6 @@ class DeploymentController(KeyedController):
             return None
         log.info("%s: created replica set %s (%d replicas)", object_key(d), created["metadata"]["name"],
                  util.spec_replicas(created))
-        self._event(d, "ScalingReplicaSet", f"Scaled up replica set {created['metadata']['name']} to "
-                    f"{util.spec_replicas(created)}")
         if plan.has_progress_deadline(d):
             plan.set_condition(d.setdefault("status", {}), "Progressing", "True", util.NEW_RS_CREATED,
                                f'Created new replica set "{created["metadata"]["name"]}"', self.wall())
@@ -278,18 +273,9 @@ class DeploymentController(KeyedController):
         current = util.meta(rs).get("annotations") or {}
         if util.spec_replicas(rs) == replicas and all(current.get(k) == v for k, v in wanted.items()):
             return rs
-        before, name = util.spec_replicas(rs), util.meta(rs)["name"]
-        updated = self._patch_rs(rs, {"metadata": {"annotations": wanted}, "spec": {"replicas": replicas}})
-        if before != replicas:
-            log.info("%s: scaling %s %d -> %d", object_key(d), name, before, replicas)
-            direction = "up" if replicas > before else "down"
-            self._event(d, "ScalingReplicaSet",
-                        f"Scaled {direction} replica set {name} to {replicas} from {before}")
-        return updated
-
-    def _event(self, d: Obj, reason: str, message: str) -> None:
-        if self.recorder is not None:
-            self.recorder.event(d, "Normal", reason, message, kind="Deployment", api_version="apps/v1")
+        log.info("%s: scaling %s %d -> %d", object_key(d), util.meta(rs)["name"], util.spec_replicas(rs),
+                 replicas)
+        return self._patch_rs(rs, {"metadata": {"annotations": wanted}, "spec": {"replicas": replicas}})
 
     def _apply(self, d: Obj, rss: list[Obj], sizes: Mapping[str, int]) -> tuple[list[Obj], bool]:
         """Scale every RS named in `sizes`; the updated list and whether anything was written."""
@@ -406,7 +392,7 @@ def build(ctx: ControllerContext) -> DeploymentController:
     rss = ctx.informers.get(REPLICASETS)
     pods = ctx.informers.get(PODS)
     controller = DeploymentController(ctx.client, deployments, rss, pods,
-                                      resync_period=ctx.options.resync_period, recorder=ctx.recorder)
+                                      resync_period=ctx.options.resync_period)
     deployments.add_handlers(Handlers(on_change=controller.deployment_changed))
     rss.add_handlers(Handlers(on_add=controller.rs_added, on_update=controller.rs_updated,
                               on_delete=controller.rs_added))

@@ -263,22 +263,3 @@ def test_events_mark_the_owning_or_matching_deployment() -> None:
         {"kind": "ReplicaSet", "name": rs["metadata"]["name"], "controller": True}]}})
     assert c.dirty.take() == {"default/web"}
     assert REPLICASETS.plural == "replicasets"
-
-
-def test_scaling_events() -> None:
-    from tests.controlplane.test_replicaset import FakeRecorder
-
-    recorder = FakeRecorder()
-    d = dep(4, 1, 1)
-    old = owned_rs(d, "v0", 4, "1")
-    c, api = controller(d, old)
-    c.recorder = recorder
-    c.sync("default/web")
-    new_name = next(n for n in api.rss if n != old["metadata"]["name"])
-    set_status(api, new_name, available=0)
-    resync(c, api)
-    c.sync("default/web")
-    assert [(r, m) for _, r, m, _ in recorder.events] == [
-        ("ScalingReplicaSet", f"Scaled up replica set {new_name} to 1"),
-        ("ScalingReplicaSet", f"Scaled down replica set {old['metadata']['name']} to 3 from 4"),
-        ("ScalingReplicaSet", f"Scaled up replica set {new_name} to 2 from 1")]
