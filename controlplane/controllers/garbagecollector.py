@@ -70,6 +70,7 @@ KINDS: dict[tuple[str, str], Resource] = {
 }
 
 SOLID, WAITING, ABSENT, DANGLING = "solid", "waiting", "absent", "dangling"
+ABSENT_CACHE_LIMIT = 10_000  # remembered gone owners (upstream keeps an LRU); forgetting costs one GET
 
 
 class Api(Protocol):
@@ -265,6 +266,7 @@ class GarbageCollector(KeyedController):
         self.graph = graph or UidGraph()
         self.kinds = dict(kinds if kinds is not None else KINDS)
         self._absent: set[str] = set()  # owner uids confirmed gone (uids never come back)
+        self.absent_limit = ABSENT_CACHE_LIMIT
 
     # ------------------------------------------------------------------ informer handlers (record only)
     def handlers(self, res: Resource) -> Handlers:
@@ -332,12 +334,17 @@ class GarbageCollector(KeyedController):
         except ApiError as e:
             if not e.not_found:
                 raise
-            self._absent.add(uid)
+            self._remember_absent(uid)
             return DANGLING
         if _meta(live).get("uid") != uid:
-            self._absent.add(uid)  # the name now belongs to another object
+            self._remember_absent(uid)  # the name now belongs to another object
             return DANGLING
         return owner_state(live)
+
+    def _remember_absent(self, uid: str) -> None:
+        if len(self._absent) >= self.absent_limit:
+            self._absent.clear()
+        self._absent.add(uid)
 
     def _orphan_dependents(self, uid: str, node: GraphNode) -> None:
         done = [self._set_refs(dep, without_refs_to(dep.obj, uid)) for dep in self.graph.dependents(uid)]

@@ -361,3 +361,13 @@ def test_owner_of_an_unknown_kind_is_left_alone() -> None:
     cluster.add(CONFIGMAPS, obj("cm", refs=[ref("uid-x", kind="Widget", name="x")]))
     settle(c)
     assert cluster.names(CONFIGMAPS) == {"cm"} and cluster.calls == [] and cluster.gets == 0
+
+
+def test_absent_owner_cache_is_bounded() -> None:
+    cluster = FakeCluster()
+    c = collector(cluster)
+    c.absent_limit = 1
+    for i in range(3):
+        cluster.add(CONFIGMAPS, obj(f"cm{i}", refs=[ref(f"gone{i}", name=f"gone{i}")]))
+    settle(c)
+    assert cluster.names(CONFIGMAPS) == set() and len(c._absent) == 1 and cluster.gets == 3
