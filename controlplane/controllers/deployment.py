@@ -27,6 +27,7 @@ from controlplane.controllers.context import ControllerContext
 from controlplane.controllers.replication import (
     Api,
     Cache,
+    Recorder,
     WorkloadKind,
     adopt_and_release,
     claim_pods,
@@ -85,9 +86,11 @@ class DeploymentController(KeyedController):
 
     def __init__(self, api: GetApi, deployments: Cache, rss: Cache, pods: Cache, *,
                  resync_period: float = 30.0, retry_delay: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 recorder: Recorder | None = None) -> None:
         super().__init__(resync_period=resync_period, retry_delay=retry_delay, clock=clock)
         self.api, self.deployments, self.rss, self.pods, self.wall = api, deployments, rss, pods, wall
+        self.recorder = recorder
 
     # ------------------------------------------------------------------ informer handlers (record only)
     def deployment_changed(self, key: str) -> None:
@@ -243,6 +246,8 @@ class DeploymentController(KeyedController):
             return None
         log.info("%s: created replica set %s (%d replicas)", object_key(d), created["metadata"]["name"],
                  util.spec_replicas(created))
+        self._event(d, "ScalingReplicaSet", f"Scaled up replica set {created['metadata']['name']} to "
+                    f"{util.spec_replicas(created)}")
         if plan.has_progress_deadline(d):
             plan.set_condition(d.setdefault("status", {}), "Progressing", "True", util.NEW_RS_CREATED,
                                f'Created new replica set "{created["metadata"]["name"]}"', self.wall())
@@ -273,9 +278,18 @@ class DeploymentController(KeyedController):
         current = util.meta(rs).get("annotations") or {}
         if util.spec_replicas(rs) == replicas and all(current.get(k) == v for k, v in wanted.items()):
             return rs
-        log.info("%s: scaling %s %d -> %d", object_key(d), util.meta(rs)["name"], util.spec_replicas(rs),
-                 replicas)
-        return self._patch_rs(rs, {"metadata": {"annotations": wanted}, "spec": {"replicas": replicas}})
+        before, name = util.spec_replicas(rs), util.meta(rs)["name"]
+        updated = self._patch_rs(rs, {"metadata": {"annotations": wanted}, "spec": {"replicas": replicas}})
+        if before != replicas:
+            log.info("%s: scaling %s %d -> %d", object_key(d), name, before, replicas)
+            direction = "up" if replicas > before else "down"
+            self._event(d, "ScalingReplicaSet",
+                        f"Scaled {direction} replica set {name} to {replicas} from {before}")
+        return updated
+
+    def _event(self, d: Obj, reason: str, message: str) -> None:
+        if self.recorder is not None:
+            self.recorder.event(d, "Normal", reason, message, kind="Deployment", api_version="apps/v1")
 
     def _apply(self, d: Obj, rss: list[Obj], sizes: Mapping[str, int]) -> tuple[list[Obj], bool]:
         """Scale every RS named in `sizes`; the updated list and whether anything was written."""
@@ -316,15 +330,19 @@ class DeploymentController(KeyedController):
 
     def _rollout_rolling(self, cached: Obj, d: Obj, rss: list[Obj]) -> None:
         new, olds = self._new_and_old(d, rss, create=True)
+        if new is None:
+            # a hash collision bumped collisionCount: nothing moves until the next sync creates the RS
+            # under its new name (scaling old RSs down with no new one would only lose pods)
+            self.requeue_after(object_key(d), self.retry_delay)
+            return
         all_rss = self._all(new, olds)
-        if new is not None:
-            want = util.spec_replicas(d)
-            if util.spec_replicas(new) < want:
-                want = plan.new_rs_new_replicas(d, all_rss, new)
-            if want != util.spec_replicas(new):
-                new = self._scale(d, new, want)
-                self._rollout_status(cached, d, new, olds)
-                return
+        want = util.spec_replicas(d)
+        if util.spec_replicas(new) < want:
+            want = plan.new_rs_new_replicas(d, all_rss, new)
+        if want != util.spec_replicas(new):
+            new = self._scale(d, new, want)
+            self._rollout_status(cached, d, new, olds)
+            return
         sizes = plan.plan_old_scale_down(d, all_rss, olds, new)
         olds, wrote = self._apply(d, olds, sizes)
         if not wrote and plan.deployment_complete(d, d.get("status") or {}):
@@ -392,7 +410,7 @@ def build(ctx: ControllerContext) -> DeploymentController:
     rss = ctx.informers.get(REPLICASETS)
     pods = ctx.informers.get(PODS)
     controller = DeploymentController(ctx.client, deployments, rss, pods,
-                                      resync_period=ctx.options.resync_period)
+                                      resync_period=ctx.options.resync_period, recorder=ctx.recorder)
     deployments.add_handlers(Handlers(on_change=controller.deployment_changed))
     rss.add_handlers(Handlers(on_add=controller.rs_added, on_update=controller.rs_updated,
                               on_delete=controller.rs_added))

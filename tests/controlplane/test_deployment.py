@@ -175,13 +175,15 @@ def test_hash_collision_bumps_collision_count() -> None:
     squatter = new_replica_set(d, [], 1)
     squatter["metadata"]["ownerReferences"] = []
     squatter["spec"]["template"]["spec"]["containers"][0]["image"] = "other"
-    c, api = controller(d)
+    old = owned_rs(d, "v0", 1, "1")
+    c, api = controller(d, old)
     api.rss[squatter["metadata"]["name"]] = squatter
     c.sync("default/web")
     assert ({"status": {"collisionCount": 1}}, "status") in api.deployment_patches
+    assert api.rss[old["metadata"]["name"]]["spec"]["replicas"] == 1  # nothing moves meanwhile
     d["status"] = {"collisionCount": 1}
     c.sync("default/web")
-    assert len(api.rss) == 2  # a new hash, a new name
+    assert len(api.rss) == 3  # a new hash, a new name
 
 
 def test_adopts_matching_orphans_and_releases_others() -> None:
@@ -263,3 +265,22 @@ def test_events_mark_the_owning_or_matching_deployment() -> None:
         {"kind": "ReplicaSet", "name": rs["metadata"]["name"], "controller": True}]}})
     assert c.dirty.take() == {"default/web"}
     assert REPLICASETS.plural == "replicasets"
+
+
+def test_scaling_events() -> None:
+    from tests.controlplane.test_replicaset import FakeRecorder
+
+    recorder = FakeRecorder()
+    d = dep(4, 1, 1)
+    old = owned_rs(d, "v0", 4, "1")
+    c, api = controller(d, old)
+    c.recorder = recorder
+    c.sync("default/web")
+    new_name = next(n for n in api.rss if n != old["metadata"]["name"])
+    set_status(api, new_name, available=0)
+    resync(c, api)
+    c.sync("default/web")
+    assert [(r, m) for _, r, m, _ in recorder.events] == [
+        ("ScalingReplicaSet", f"Scaled up replica set {new_name} to 1"),
+        ("ScalingReplicaSet", f"Scaled down replica set {old['metadata']['name']} to 3 from 4"),
+        ("ScalingReplicaSet", f"Scaled up replica set {new_name} to 2 from 1")]
