@@ -26,7 +26,7 @@ from netns_tests.apiserver_fixtures import (
     component_process,
     kubectl_binary,
 )
-from podnet.api.client import DEPLOYMENTS, PODS, REPLICASETS, Client
+from podnet.api.client import DEPLOYMENTS, EVENTS, PODS, REPLICASETS, ApiError, Client
 from podnet.testing.wait import wait_until
 
 KUBECTL_MINOR = 33
@@ -232,6 +232,12 @@ def test_undo_history_and_scale(client: Client, manager: subprocess.Popen[bytes]
     assert d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3"
     assert d["spec"]["template"]["spec"]["containers"][0]["image"] == "pause:1"
 
+    def events() -> set[str]:
+        items = client.list(EVENTS, NS, field_selector="involvedObject.name=api")["items"]
+        return {e["message"].rsplit(" ", 2)[0] if "from" in e["message"] else e["message"] for e in items}
+
+    wait_until(lambda: f"Scaled up replica set {first} to 2" in events(), 10.0, "ScalingReplicaSet events")
+    assert f"Scaled down replica set {second} to 0" in events()  # `kubectl describe` shows them
     assert kubectl.out("scale", "deployment/api", "--replicas=5") == "deployment.apps/api scaled\n"
     rollout_status(kubectl, client, kubelet, "api")
     assert revisions(client, "api") == {first: ("3", 5), second: ("2", 0)}
@@ -265,11 +271,16 @@ def test_recreate_with_min_ready_seconds(client: Client, manager: subprocess.Pop
     roll(client, kubelet, "rec", never_mixed)
     second = next(n for n in revisions(client, "rec") if n != first)
     assert revisions(client, "rec") == {first: ("1", 0), second: ("2", 3)}
+    client.patch(DEPLOYMENTS, "rec", {"spec": {"revisionHistoryLimit": 0}}, NS)
+    wait_until(lambda: revisions(client, "rec") == {second: ("2", 3)}, 10.0, "the old RS cleaned up")
 
 
 def test_pause_resume_and_progress_deadline(client: Client, manager: subprocess.Popen[bytes],
                                             kubectl: Kubectl) -> None:
     kubelet = Kubelet(client)
+    with pytest.raises(ApiError) as invalid:  # upstream validation: the rollout could never move
+        client.create(DEPLOYMENTS, deployment("zero", 2, surge=0, unavailable="0%"), NS)
+    assert invalid.value.code == 422 and "may not be 0 when `maxSurge` is 0" in invalid.value.message
     client.create(DEPLOYMENTS, deployment("pz", 2), NS)
     rollout_status(kubectl, client, kubelet, "pz")
     kubectl.out("rollout", "pause", "deployment/pz")
@@ -293,6 +304,8 @@ def test_pause_resume_and_progress_deadline(client: Client, manager: subprocess.
     assert proc.returncode != 0 and "exceeded its progress deadline" in proc.stdout + proc.stderr
     status = client.get(DEPLOYMENTS, "pz", NS)["status"]
     assert (status["replicas"], status["updatedReplicas"], status["availableReplicas"]) == (3, 2, 1)
-    # the pods come up late: the rollout completes after all
-    rollout_status(kubectl, client, kubelet, "pz")
-    assert progressing() == ("True", "NewReplicaSetAvailable")
+    # the pods come up late: the rollout completes after all (kubectl gives up on a timed-out
+    # rollout at once, so it is asked only after the controller saw the progress)
+    roll(client, kubelet, "pz", lambda: None)
+    wait_until(lambda: progressing() == ("True", "NewReplicaSetAvailable"), 10.0, "NewReplicaSetAvailable")
+    assert 'deployment "pz" successfully rolled out' in kubectl.out("rollout", "status", "deployment/pz")

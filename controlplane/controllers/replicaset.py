@@ -36,7 +36,7 @@ def build(ctx: ControllerContext) -> ReplicationManager:
     rss = ctx.informers.get(REPLICASETS)
     pods = ctx.informers.get(PODS)
     manager = ReplicationManager(ctx.client, rss, pods, resync_period=ctx.options.resync_period,
-                                 kind=RS_KIND)
+                                 kind=RS_KIND, recorder=ctx.recorder)
     rss.add_handlers(Handlers(on_change=manager.rc_changed))
     pods.add_handlers(Handlers(on_add=manager.pod_added, on_update=manager.pod_updated,
                                on_delete=manager.pod_deleted))

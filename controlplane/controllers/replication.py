@@ -53,6 +53,13 @@ class Api(Protocol):
               force: bool | None = None) -> Obj: ...
 
 
+class Recorder(Protocol):
+    """podnet.api.events.EventRecorder (`kubectl describe` shows these)."""
+
+    def event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str, *,
+              kind: str | None = None, api_version: str | None = None) -> bool: ...
+
+
 class Cache(Protocol):
     """The part of podnet.api.informer.Informer the controller reads."""
 
@@ -281,10 +288,11 @@ class ReplicationManager(KeyedController):
 
     def __init__(self, api: Api, rcs: Cache, pods: Cache, *, resync_period: float = 30.0,
                  retry_delay: float = 1.0, clock: Callable[[], float] = time.monotonic,
-                 expectations: Expectations | None = None, kind: WorkloadKind = RC_KIND) -> None:
+                 expectations: Expectations | None = None, kind: WorkloadKind = RC_KIND,
+                 recorder: Recorder | None = None) -> None:
         self.name, self.kind = kind.name, kind
         super().__init__(resync_period=resync_period, retry_delay=retry_delay, clock=clock)
-        self.api, self.rcs, self.pods = api, rcs, pods
+        self.api, self.rcs, self.pods, self.recorder = api, rcs, pods, recorder
         self.expectations = expectations or Expectations(clock=clock)
 
     # ------------------------------------------------------------------ informer handlers (record only)
@@ -376,10 +384,12 @@ class ReplicationManager(KeyedController):
         errors: list[Exception] = []
         for _ in range(count):
             try:
-                self.api.create(PODS, pod, ns)
+                created = self.api.create(PODS, pod, ns)
+                self._event(rc, "Normal", "SuccessfulCreate", f"Created pod: {_meta(created).get('name')}")
             except ApiError as e:
                 self.expectations.creation_observed(key)
                 errors.append(e)
+                self._event(rc, "Warning", "FailedCreate", f"Error creating: {e.message}")
         log.info("%s: created %d pods", key, count - len(errors))
         if errors:
             raise errors[0]
@@ -392,6 +402,8 @@ class ReplicationManager(KeyedController):
             try:
                 self.api.delete(PODS, str(meta["name"]), meta.get("namespace"),
                                 preconditions={"uid": str(meta.get("uid"))})
+                self._event(self.rcs.get(key) or {}, "Normal", "SuccessfulDelete",
+                            f"Deleted pod: {meta['name']}")
             except ApiError as e:
                 self.expectations.deletion_observed(key, object_key(pod))
                 if not e.not_found:
@@ -399,6 +411,11 @@ class ReplicationManager(KeyedController):
         log.info("%s: deleted %d pods", key, len(pods) - len(errors))
         if errors:
             raise errors[0]
+
+    def _event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        if self.recorder is not None and _meta(owner).get("name"):
+            self.recorder.event(owner, type_, reason, message, kind=self.kind.kind,
+                                api_version=self.kind.api_version)
 
     def _update_status(self, rc: Obj, active: list[Obj]) -> Obj:
         status = compute_status(rc, active, time.time())
@@ -456,7 +473,8 @@ def build(ctx: ControllerContext) -> ReplicationManager:
     """The catalog's entry: an RC controller on the shared RC and pod informers."""
     rcs = ctx.informers.get(REPLICATIONCONTROLLERS)
     pods = ctx.informers.get(PODS)
-    manager = ReplicationManager(ctx.client, rcs, pods, resync_period=ctx.options.resync_period)
+    manager = ReplicationManager(ctx.client, rcs, pods, resync_period=ctx.options.resync_period,
+                                 recorder=ctx.recorder)
     rcs.add_handlers(Handlers(on_change=manager.rc_changed))
     pods.add_handlers(Handlers(on_add=manager.pod_added, on_update=manager.pod_updated,
                                on_delete=manager.pod_deleted))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from controlplane.controllers.replicaset import RS_KIND, rs_selector
 from controlplane.controllers.replication import (
     Expectations,
@@ -14,7 +16,7 @@ from controlplane.controllers.replication import (
     pod_from_template,
     rank_for_deletion,
 )
-from podnet.api.client import PODS, REPLICASETS
+from podnet.api.client import PODS, REPLICASETS, ApiError
 from tests.controlplane.test_replication import FakeApi, FakeCache, make_pod, ref
 
 Obj = dict[str, Any]
@@ -113,3 +115,27 @@ def test_pod_events_mark_the_rs_not_rcs() -> None:
     m.pod_added(make_pod("orphan"))
     assert m.dirty.take() == {"default/web-abc"}
     assert m.name == "replicaset" and PODS.plural == "pods"
+
+
+class FakeRecorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str, str | None]] = []
+
+    def event(self, obj: Any, type_: str, reason: str, message: str, *, kind: str | None = None,
+              api_version: str | None = None) -> bool:
+        self.events.append((type_, reason, message, kind))
+        return True
+
+
+def test_events_for_creations_and_deletions() -> None:
+    recorder = FakeRecorder()
+    m, _, _ = manager(make_rs(1), make_pod("a", owner=rs_ref()), make_pod("b", owner=rs_ref()))
+    m.recorder = recorder
+    m.sync("default/web-abc")
+    assert recorder.events == [("Normal", "SuccessfulDelete", "Deleted pod: a", "ReplicaSet")]
+    m2, api2, _ = manager(make_rs(1))
+    m2.recorder = recorder
+    api2.fail["create"] = 403
+    with pytest.raises(ApiError):
+        m2.sync("default/web-abc")
+    assert recorder.events[-1] == ("Warning", "FailedCreate", "Error creating: create failed", "ReplicaSet")
