@@ -3,8 +3,10 @@ cluster (our Api seam) that feeds its changes back like the informers would."""
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -105,12 +107,23 @@ def test_graph_tracks_owner_edges() -> None:
 
 
 # ---------------------------------------------------------------------------------- a fake cluster
+def serialized(method: Callable[..., Any]) -> Callable[..., Any]:
+    """One API call at a time, as the API server serialises writes per object (the collector may
+    call from several workers)."""
+    @functools.wraps(method)
+    def locked(self: FakeCluster, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 class FakeCluster:
     """Objects by (plural, namespace, name) with the API server's deletion rules (policy finalizers,
     uid preconditions, resourceVersion on patches); every change goes to the handlers, as an
     informer would deliver it."""
 
     def __init__(self) -> None:
+        self.lock = threading.RLock()
         self.objects: dict[tuple[str, str, str], tuple[Resource, Obj]] = {}
         self.handlers: dict[str, Handlers] = {}
         self.calls: list[tuple[str, str, str | None]] = []
@@ -146,10 +159,12 @@ class FakeCluster:
                 content_type: str = "application/json") -> Any:
         raise AssertionError("the collector only uses discovery at build time")
 
+    @serialized
     def get(self, res: Resource, name: str, namespace: str | None = None) -> Obj:
         self.gets += 1
         return self._find(res, name, namespace)
 
+    @serialized
     def delete(self, res: Resource, name: str, namespace: str | None = None, *,
                propagation_policy: str | None = None, grace_period_seconds: int | None = None,
                preconditions: Mapping[str, str] | None = None) -> Obj:
@@ -168,6 +183,7 @@ class FakeCluster:
         self._gone(res, cur)
         return cur
 
+    @serialized
     def patch(self, res: Resource, name: str, patch: Any, namespace: str | None = None, *,
               patch_type: str = "merge", subresource: str | None = None, field_manager: str | None = None,
               force: bool | None = None) -> Obj:
@@ -371,3 +387,17 @@ def test_absent_owner_cache_is_bounded() -> None:
         cluster.add(CONFIGMAPS, obj(f"cm{i}", refs=[ref(f"gone{i}", name=f"gone{i}")]))
     settle(c)
     assert cluster.names(CONFIGMAPS) == set() and len(c._absent) == 1 and cluster.gets == 3
+
+
+@pytest.mark.parametrize("policy", ["Background", "Foreground"])
+def test_concurrent_workers_converge(policy: str) -> None:
+    cluster = FakeCluster()
+    c = GarbageCollector(cluster, retry_delay=0.0, workers=4)
+    for res in (PODS, REPLICATIONCONTROLLERS, CONFIGMAPS):
+        cluster.handlers[res.plural] = c.handlers(res)
+    rc_with_pods(cluster, pods=40)
+    cluster.add(CONFIGMAPS, obj("cm1", refs=[ref("uid-rc", name="rc")]))
+    cluster.add(CONFIGMAPS, obj("cm2", refs=[ref("uid-cm1", kind="ConfigMap", name="cm1")]))
+    cluster.delete(REPLICATIONCONTROLLERS, "rc", "default", propagation_policy=policy)
+    settle(c, rounds=40)
+    assert not cluster.objects and c.syncs >= 43
