@@ -103,6 +103,11 @@ def test_binds_twelve_pods_spread_and_reports_unschedulable(
     assert failed["type"] == "Warning" and failed["message"] == cond["message"]
     assert sum(1 for key in events() if key[1] == "Scheduled") == 12
 
+    # a node update (not a new node) that makes room: the parked pod is retried at once
+    client.patch(NODES, "node-b", {"metadata": {"labels": {"zone": "does-not-exist"}}})
+    wait_until(lambda: _pods(client)["nowhere"]["spec"].get("nodeName") == "node-b", 10.0,
+               "the unschedulable pod bound after node-b was relabelled")
+
     # a clean exit on SIGTERM
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(15) == 0

@@ -473,6 +473,47 @@ def test_spread_prefers_nodes_with_fewer_siblings() -> None:
     assert spread_scores(make_pod(owner="rc3"), infos) == {"a": 100, "b": 100, "c": 100}
 
 
+@pytest.mark.parametrize(
+    ("siblings_per_node", "expected"),
+    [
+        ([0, 0, 0], [100, 100, 100]),  # nothing to spread yet
+        ([3, 3, 3], [100, 100, 100]),  # even: spreading has no preference
+        ([1, 0, 0], [0, 100, 100]),
+        ([4, 3, 3], [0, 100, 100]),  # one behind gets the full 100 however many siblings exist
+        ([2, 1, 0], [0, 50, 100]),  # scaled between the fewest and the most
+        ([10, 5, 0], [0, 50, 100]),
+        ([3, 1, 0], [0, 66, 100]),  # integer arithmetic, rounded down
+    ],
+)
+def test_spread_scores_table(siblings_per_node: list[int], expected: list[int]) -> None:
+    infos = []
+    for n, count in enumerate(siblings_per_node):
+        pods = [make_pod(f"s{n}-{i}", node=f"n{n}", owner="rc") for i in range(count)]
+        infos.append(info_of(make_node(f"n{n}"), *pods, make_pod(f"other{n}", node=f"n{n}", owner="rc2")))
+    scores = spread_scores(make_pod(owner="rc"), infos)
+    assert [scores[f"n{n}"] for n in range(len(siblings_per_node))] == expected
+
+
+SOFT_TAINT = {"key": "k", "value": "v", "effect": "PreferNoSchedule"}
+
+
+@pytest.mark.parametrize(
+    ("node_cpu", "spread_counts", "n1_taints", "winner"),
+    [
+        (["4", "8"], [0, 0], [], "n1"),  # even spreading: least-allocated picks the emptier node
+        (["4", "8"], [0, 1], [], "n0"),  # one sibling behind (2 x 100) beats more free room (1 x <=100)
+        (["8", "8"], [1, 0], [SOFT_TAINT], "n0"),  # PreferNoSchedule (3 x 100) beats spreading
+    ],
+)
+def test_scores_combined_by_weight(
+    node_cpu: list[str], spread_counts: list[int], n1_taints: list[dict[str, str]], winner: str
+) -> None:
+    nodes = [make_node("n0", cpu=node_cpu[0]), make_node("n1", cpu=node_cpu[1], taints=n1_taints)]
+    pods = [make_pod(f"x{i}-{k}", cpu="10m", memory="10Mi", node=f"n{i}", owner="rc")
+            for i, count in enumerate(spread_counts) for k in range(count)]
+    assert schedule(make_pod(cpu="1", memory="1Gi", owner="rc"), nodes, pods) == winner
+
+
 def test_spread_ignores_non_controller_owner_references() -> None:
     pod = make_pod(owner="rc1")
     pod["metadata"]["ownerReferences"][0]["controller"] = False
