@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from collections import Counter
@@ -12,7 +13,12 @@ from typing import Any
 
 import pytest
 
-from netns_tests.apiserver_fixtures import ApiServerProcess, component_command, component_process
+from netns_tests.apiserver_fixtures import (
+    ApiServerProcess,
+    component_command,
+    component_process,
+    kubectl_binary,
+)
 from podnet.api.client import EVENTS, NODES, PODS, Client
 from podnet.testing.wait import wait_until
 
@@ -55,7 +61,7 @@ def _scheduled_condition(pod: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def test_binds_twelve_pods_spread_and_reports_unschedulable(
-        client: Client, scheduler: tuple[subprocess.Popen[bytes], Path]) -> None:
+        client: Client, apiserver: ApiServerProcess, scheduler: tuple[subprocess.Popen[bytes], Path]) -> None:
     proc, log_path = scheduler
     for name in NODE_NAMES:
         client.create(NODES, _node(name))
@@ -102,6 +108,15 @@ def test_binds_twelve_pods_spread_and_reports_unschedulable(
     failed = events()[("nowhere", "FailedScheduling")]
     assert failed["type"] == "Warning" and failed["message"] == cond["message"]
     assert sum(1 for key in events() if key[1] == "Scheduled") == 12
+    kubectl = kubectl_binary(33)
+    if kubectl is not None:  # what a user sees
+        described = subprocess.run([kubectl, f"--kubeconfig={apiserver.kubeconfig()}", "describe", "pod",
+                                    "web-00", "nowhere"], capture_output=True, text=True, timeout=30,
+                                   check=True).stdout
+        assert re.search(rf"Normal\s+Scheduled\s.*default-scheduler\s+Successfully assigned "
+                         rf"default/web-00 to {node_name}", described), described
+        assert re.search(r"Warning\s+FailedScheduling\s.*default-scheduler\s+0/3 nodes are available",
+                         described), described
 
     # a node update (not a new node) that makes room: the parked pod is retried at once
     client.patch(NODES, "node-b", {"metadata": {"labels": {"zone": "does-not-exist"}}})
