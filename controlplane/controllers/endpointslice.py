@@ -355,6 +355,10 @@ class EndpointSliceController(ServicePodController):
             return
         plan = desired_slices(svc, self.pods.list(), self.managed_slices(key), self.max_per_slice,
                               self.zones())
+        if meta(svc).get("deletionTimestamp"):
+            # a service waiting on finalizers (foreground deletion): the garbage collector is deleting
+            # its slices, and recreating them would race it forever (upstream creates none then)
+            plan.create = []
         self._apply(key, plan)
 
     def zones(self) -> dict[str, str]:

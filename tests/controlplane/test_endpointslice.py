@@ -290,6 +290,17 @@ def test_sync_writes_once_and_waits_for_its_writes() -> None:
     assert len(api.calls) == 2  # caught up, and nothing to change
 
 
+def test_a_service_being_deleted_gets_no_new_slices() -> None:
+    svc = make_service()
+    svc["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    ctl, api, _, slices = make_controller(svc, *pods(3))
+    slices.put({**desired_slices(svc, pods(2), [], 2).create[0],
+                "metadata": {"name": "web-1", "namespace": "default", "labels": slice_labels(svc),
+                             "ownerReferences": [{"uid": "svc-uid-web", "controller": True}]}})
+    ctl.sync("default/web")
+    assert api.calls == []  # the slice holding p000, p001 is right; p002 would need a new one
+
+
 def test_deleted_service_and_removed_selector_delete_only_managed_slices() -> None:
     svc = make_service()
     ctl, api, services, slices = make_controller(svc)
