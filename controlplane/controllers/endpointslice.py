@@ -240,9 +240,12 @@ def _keep_in_place(svc: Mapping[str, Any], existing: list[Obj], remaining: dict[
 
 
 def _fill(slots: Iterable[_Slot], remaining: list[Obj], max_per_slice: int) -> None:
+    """Move endpoints from the front of `remaining` into `slots` up to their room."""
     for slot in slots:
-        while remaining and len(slot.endpoints) < max_per_slice:
-            slot.endpoints.append(remaining.pop(0))
+        room = min(max_per_slice - len(slot.endpoints), len(remaining))
+        if room > 0:
+            slot.endpoints.extend(remaining[:room])
+            del remaining[:room]
             slot.changed = True
 
 
