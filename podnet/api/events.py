@@ -11,6 +11,9 @@ client-go's EventRecorder + EventCorrelator, simplified:
   aggregation interval) is not a new object: the recorder PATCHes the earlier Event's `count` and
   `lastTimestamp`.  Which events were sent is remembered in a bounded LRU (4096, upstream's
   cache size).  If that Event was deleted meanwhile (a 404), a fresh one is created.
+* Similar events (upstream's EventAggregator): once an object has had 10 distinct messages for
+  the same (type, reason) within the window, further ones become one Event whose message is
+  "(combined from similar events): <latest message>" and whose count grows.
 * Spam filter (upstream's EventSourceObjectSpamFilter): each involved object gets a token bucket
   of 25 events refilled at one per 5 minutes; events beyond it are skipped silently.  Scaling an
   RC to 1,000 thus writes ~25 SuccessfulCreate Events, not 1,000 (the API server has better things
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import datetime
 import logging
 import queue
@@ -43,6 +47,8 @@ log = logging.getLogger(__name__)
 NORMAL, WARNING = "Normal", "Warning"
 DEFAULT_WINDOW = 600.0  # upstream defaultAggregateIntervalInSeconds
 DEFAULT_CACHE_SIZE = 4096  # upstream maxLruCacheEntries
+AGGREGATE_MAX_EVENTS = 10  # upstream defaultAggregateMaxEvents
+COMBINED_PREFIX = "(combined from similar events): "
 DEFAULT_SPAM_BURST = 25  # upstream defaultSpamBurst: events per source+object before throttling
 DEFAULT_SPAM_QPS = 1.0 / 300.0  # upstream defaultSpamQPS: then one more every 5 minutes
 Obj = dict[str, Any]
@@ -87,6 +93,7 @@ class _Pending:
     reason: str
     message: str
     at: float  # wall clock (unix seconds) when event() was called
+    seen: float  # monotonic, the same moment: windows are measured on it, not on the write
 
 
 @dataclass
@@ -98,6 +105,12 @@ class _Sent:
 
 
 CorrelationKey = tuple[str, ...]
+
+
+@dataclass
+class _Similar:
+    messages: set[str]  # distinct messages seen for one (object, type, reason)
+    since: float  # monotonic time of the last one
 
 
 def _correlation_key(item: _Pending) -> CorrelationKey:
@@ -145,6 +158,7 @@ class EventRecorder:
         self.clock, self.monotonic = clock, monotonic
         self._queue: queue.Queue[_Pending | None] = queue.Queue(queue_size)
         self._sent: collections.OrderedDict[CorrelationKey, _Sent] = collections.OrderedDict()
+        self._similar: collections.OrderedDict[CorrelationKey, _Similar] = collections.OrderedDict()
         self._cond = threading.Condition()
         self._unfinished = 0  # queued or being written; flush() waits for 0
         self._stopped = False
@@ -158,11 +172,12 @@ class EventRecorder:
               kind: str | None = None, api_version: str | None = None) -> bool:
         """Record an event about `obj`; returns False when it was dropped or throttled (never
         blocks)."""
-        item = _Pending(object_reference(obj, kind, api_version), type_, reason, message, self.clock())
+        item = _Pending(object_reference(obj, kind, api_version), type_, reason, message, self.clock(),
+                        self.monotonic())
         with self._cond:
             if self._stopped:
                 return self._drop(item, "recorder stopped")
-            if not self._spam.take(_spam_key(item.ref), self.monotonic()):
+            if not self._spam.take(_spam_key(item.ref), item.seen):
                 self.throttled += 1  # upstream skips these without a word
                 return False
             self._ensure_thread()
@@ -226,10 +241,29 @@ class EventRecorder:
                     self._unfinished -= 1
                     self._cond.notify_all()
 
+    def _aggregate(self, item: _Pending, now: float) -> tuple[_Pending, CorrelationKey]:
+        """upstream EventAggregate: the event as is (keyed by its message), or -- from the 10th
+        distinct message of one (object, type, reason) in the window -- the combined event, keyed
+        without the message so that every further one counts on the same Event."""
+        similar_key = _correlation_key(item)[:-1]
+        record = self._similar.pop(similar_key, None)
+        if record is None or now - record.since >= self.window:
+            record = _Similar(set(), now)
+        record.messages.add(item.message)
+        record.since = now
+        self._similar[similar_key] = record
+        while len(self._similar) > self.cache_size:
+            self._similar.popitem(last=False)
+        if len(record.messages) < AGGREGATE_MAX_EVENTS:
+            return item, _correlation_key(item)
+        record.messages.pop()  # stays at the threshold: every further distinct message aggregates
+        combined = dataclasses.replace(item, message=COMBINED_PREFIX + item.message)
+        return combined, (*similar_key, COMBINED_PREFIX)
+
     def _write(self, item: _Pending) -> None:
-        key = _correlation_key(item)
+        now = item.seen
+        item, key = self._aggregate(item, now)
         sent = self._sent.get(key)
-        now = self.monotonic()
         if sent is not None and now - sent.last_seen < self.window:
             try:
                 self._patch(sent, item)
@@ -250,7 +284,8 @@ class EventRecorder:
             self._sent.popitem(last=False)
 
     def _patch(self, sent: _Sent, item: _Pending) -> None:
-        patch = {"count": sent.count + 1, "lastTimestamp": _rfc3339(item.at)}
+        # upstream patches these three (a combined Event shows the latest message)
+        patch = {"count": sent.count + 1, "lastTimestamp": _rfc3339(item.at), "message": item.message}
         self.sink.patch(EVENTS, sent.name, patch, sent.namespace)
         sent.count += 1
         self.patched += 1

@@ -130,9 +130,10 @@ def test_same_event_again_patches_count_and_last_timestamp() -> None:
     record(rec, pod(), WARNING, "FailedScheduling", "0/3 nodes are available: 3 Insufficient cpu.")
     assert len(sink.creates) == 1
     name = sink.creates[0][0]["metadata"]["name"]
+    message = "0/3 nodes are available: 3 Insufficient cpu."
     assert sink.patches == [
-        (name, {"count": 2, "lastTimestamp": "2027-01-15T08:00:30Z"}, "default", "merge"),
-        (name, {"count": 3, "lastTimestamp": "2027-01-15T08:01:00Z"}, "default", "merge"),
+        (name, {"count": 2, "lastTimestamp": "2027-01-15T08:00:30Z", "message": message}, "default", "merge"),
+        (name, {"count": 3, "lastTimestamp": "2027-01-15T08:01:00Z", "message": message}, "default", "merge"),
     ]
     assert (rec.created, rec.patched, rec.dropped) == (1, 2, 0)
     rec.stop()
@@ -268,7 +269,7 @@ def test_spam_filter_25_per_object_then_one_every_5_minutes() -> None:
     assert rec.event(rc, NORMAL, "SuccessfulCreate", "Created pod: x-31")
     assert not rec.event(rc, NORMAL, "SuccessfulCreate", "Created pod: x-32")
     assert rec.flush(5)
-    assert len(sink.creates) == 27 and rec.dropped == 0
+    assert len(sink.creates) + len(sink.patches) == 27 and rec.dropped == 0
     rec.stop()
 
 
@@ -280,4 +281,44 @@ def test_spam_filter_counts_repeats_too() -> None:
     assert results == [True, True, True, False, False]
     assert rec.flush(5)
     assert len(sink.creates) == 1 and len(sink.patches) == 2
+    rec.stop()
+
+
+# ---------------------------------------------------------------------------------------- similar events
+def rc_obj(name: str = "x") -> dict[str, Any]:
+    return {"kind": "ReplicationController", "apiVersion": "v1",
+            "metadata": {"name": name, "namespace": "default", "uid": f"uid-{name}"}}
+
+
+def test_the_tenth_distinct_message_starts_one_combined_event() -> None:
+    rec, sink, clocks = make()
+    for i in range(12):
+        assert rec.event(rc_obj(), NORMAL, "SuccessfulCreate", f"Created pod: x-{i}")
+        clocks.advance(1)
+    assert rec.flush(5)
+    messages = [body["message"] for body, _ in sink.creates]
+    assert messages == [f"Created pod: x-{i}" for i in range(9)] + [
+        "(combined from similar events): Created pod: x-9"]
+    combined = sink.creates[-1][0]["metadata"]["name"]
+    assert [(name, patch["count"], patch["message"]) for name, patch, _, _ in sink.patches] == [
+        (combined, 2, "(combined from similar events): Created pod: x-10"),
+        (combined, 3, "(combined from similar events): Created pod: x-11"),
+    ]
+    rec.stop()
+
+
+def test_similar_events_are_per_object_type_and_reason_and_expire_with_the_window() -> None:
+    rec, sink, clocks = make()
+    for i in range(9):
+        assert rec.event(rc_obj(), NORMAL, "SuccessfulCreate", f"Created pod: x-{i}")
+    # other reason, other object: their own counts
+    assert rec.event(rc_obj(), NORMAL, "SuccessfulDelete", "Deleted pod: x-0")
+    assert rec.event(rc_obj("y"), NORMAL, "SuccessfulCreate", "Created pod: y-0")
+    # a repeat of a known message does not add a distinct one
+    assert rec.event(rc_obj(), NORMAL, "SuccessfulCreate", "Created pod: x-0")
+    clocks.advance(600)  # the window has passed: counting starts over
+    assert rec.event(rc_obj(), NORMAL, "SuccessfulCreate", "Created pod: x-9")
+    assert rec.flush(5)
+    assert not any(body["message"].startswith("(combined") for body, _ in sink.creates)
+    assert len(sink.creates) == 12 and len(sink.patches) == 1
     rec.stop()
