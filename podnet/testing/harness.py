@@ -36,6 +36,20 @@ class Host:
 
 
 @dataclass
+class Pod:
+    """A pod namespace on a simulated host: eth0 holds `ip`, default route via the host side."""
+
+    name: str  # netns name
+    path: str
+    ip: str
+    host: Host
+
+    def run(self, *argv: str, check: bool = True, input: str | None = None,
+            timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        return execs.run(list(argv), netns=self.name, check=check, input=input, timeout=timeout)
+
+
+@dataclass
 class Topology:
     prefix: str = field(default_factory=run_prefix)
     namespaces: list[str] = field(default_factory=list)
@@ -78,6 +92,50 @@ class Topology:
     def add_pod_netns(self, suffix: str) -> str:
         """An empty namespace for a pod (only `lo`, up); returns its path."""
         return netns.path_of(self.new_netns(suffix))
+
+    def add_pod(self, host: Host, suffix: str, ip: str, gateway: str, *, prefixlen: int = 24,
+                bridge: str = "cni0", mtu: int | None = None) -> Pod:
+        """A pod wired as the bridge CNI plugin would: veth from the pod's eth0 to `bridge` in the
+        host namespace (created with `gateway/prefixlen` if absent), default route via `gateway`.
+
+        The host-side name is derived from `suffix` (max 12 chars), so it is unique per host.
+        """
+        name = self.new_netns(suffix)
+        self.ensure_bridge(host, bridge, gateway, prefixlen)
+        peer = f"v{suffix[-12:]}"
+        mtu_args = ["mtu", str(mtu)] if mtu else []
+        execs.run(["ip", "-n", host.name, "link", "add", peer, *mtu_args, "type", "veth",
+                   "peer", "name", "eth0", "netns", name])
+        execs.run(["ip", "-n", host.name, "link", "set", peer, "master", bridge, "up"])
+        execs.run(["ip", "-n", name, "addr", "add", f"{ip}/{prefixlen}", "dev", "eth0"])
+        execs.run(["ip", "-n", name, "link", "set", "eth0", "up"])
+        execs.run(["ip", "-n", name, "route", "add", "default", "via", gateway])
+        return Pod(name=name, path=netns.path_of(name), ip=ip, host=host)
+
+    def ensure_bridge(self, host: Host, bridge: str, gateway: str, prefixlen: int) -> None:
+        """The pod bridge in `host` (idempotent), with forwarding on as a node needs it."""
+        if host.run("ip", "link", "show", bridge, check=False).returncode != 0:
+            host.run("ip", "link", "add", bridge, "type", "bridge")
+            host.run("ip", "addr", "add", f"{gateway}/{prefixlen}", "dev", bridge)
+            host.run("ip", "link", "set", bridge, "up")
+        host.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+
+    def spawn_on(self, host: Host, argv: list[str], *, log_path: str | None = None,
+                 env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """A daemon inside `host`'s namespace, output appended to `log_path`; PID recorded."""
+        if log_path is None:
+            return self.spawn(host.name, argv, stdin=subprocess.DEVNULL, env=env)
+        with open(log_path, "ab") as log:
+            return self.spawn(host.name, argv, stdout=log, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, env=env)
+
+    def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        """Signal one process this topology started (by its recorded PID) and reap it."""
+        if proc not in self.procs:
+            raise ValueError(f"pid {proc.pid} was not started by this topology")
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            proc.wait(timeout=10)
 
     def spawn(self, where: str | None, argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
         """Start a process inside namespace `where`; its PID is recorded for cleanup."""
