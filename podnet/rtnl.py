@@ -44,6 +44,7 @@ NLA_TYPE_MASK = 0x3FFF
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 RTMGRP_LINK = 0x1
 
 AF_UNSPEC, AF_INET, AF_BRIDGE, AF_INET6 = 0, 2, 7, 10
@@ -55,6 +56,9 @@ IFLA_AF_SPEC, IFLA_NET_NS_FD, IFLA_EXT_MASK = 26, 28, 29
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 IFLA_BR_VLAN_FILTERING = 7
+# IFLA_VXLAN_* (linux/if_link.h).  PORT is big-endian; LOCAL/GROUP are raw address bytes.
+IFLA_VXLAN_ID, IFLA_VXLAN_GROUP, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL = 1, 2, 3, 4
+IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT, IFLA_VXLAN_LOCAL6 = 7, 15, 17
 IFLA_VLAN_ID = 1
 IFLA_BRIDGE_FLAGS, IFLA_BRIDGE_VLAN_INFO = 0, 2
 BRIDGE_FLAGS_SELF = 2
@@ -68,6 +72,15 @@ RT_TABLE_MAIN = 254
 RTPROT_BOOT = 3  # what `ip route` and the reference plugins (vishvananda/netlink) use
 RTN_UNICAST = 1
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_HOST, RT_SCOPE_NOWHERE = 0, 253, 254, 255
+# rtm_flags: "the gateway is on this link even though no address covers it" (`ip route ... onlink`),
+# how an overlay routes a remote subnet via the remote VTEP's /32 address.
+RTNH_F_ONLINK = 0x4
+
+# Neighbours and FDB entries (linux/neighbour.h): ndmsg + NDA_* attributes.
+NDA_DST, NDA_LLADDR, NDA_PORT, NDA_VNI, NDA_IFINDEX, NDA_MASTER = 1, 2, 6, 7, 8, 9
+NUD_INCOMPLETE, NUD_REACHABLE, NUD_STALE, NUD_DELAY, NUD_PROBE = 0x01, 0x02, 0x04, 0x08, 0x10
+NUD_FAILED, NUD_NOARP, NUD_PERMANENT = 0x20, 0x40, 0x80
+NTF_SELF, NTF_MASTER = 0x02, 0x04  # an FDB entry of the device itself / of its bridge master
 
 # IFLA_BRPORT_* (linux/if_link.h), index = attribute type; "" = not decoded by name.
 BRPORT_NAMES = (
@@ -93,6 +106,7 @@ _NLATTR = struct.Struct("=HH")  # len, type
 IFINFOMSG = struct.Struct("=BxHiII")  # family, (pad), type, index, flags, change
 IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
+NDMSG = struct.Struct("=BxxxiHBB")  # family, (pad 3), ifindex, state, flags, type
 _ERRNO = struct.Struct("=i")
 _U16, _U32 = struct.Struct("=H"), struct.Struct("=I")
 _RECV_SIZE = 1 << 16  # the kernel sizes dump skbs at most 32 KiB: one datagram always fits
@@ -166,9 +180,15 @@ def ifaddrmsg(family: int, prefixlen: int = 0, index: int = 0, scope: int = 0) -
 
 
 def rtmsg(family: int, dst_len: int = 0, *, table: int = RT_TABLE_MAIN, protocol: int = 0,
-          scope: int = 0, rtype: int = 0) -> bytes:
+          scope: int = 0, rtype: int = 0, flags: int = 0) -> bytes:
     # rtm_table is a u8: tables above 255 go in RTA_TABLE as well (the caller adds it).
-    return RTMSG.pack(family, dst_len, 0, 0, table if table < 256 else 252, protocol, scope, rtype, 0)
+    return RTMSG.pack(family, dst_len, 0, 0, table if table < 256 else 252, protocol, scope, rtype,
+                      flags)
+
+
+def ndmsg(family: int, index: int = 0, *, state: int = 0, flags: int = 0) -> bytes:
+    """The neighbour/FDB header: AF_INET/AF_INET6 for ARP/ND entries, AF_BRIDGE for FDB entries."""
+    return NDMSG.pack(family, index, state, flags, 0)
 
 
 def mac_bytes(mac: str) -> bytes:
