@@ -5,6 +5,11 @@ real implementation is `podnet.store.etcd.EtcdStore`, unit tests use `podnet.sto
 Revisions follow etcd: one global counter bumped by every write; each key carries the revision that
 created it and the revision that last modified it (`mod_revision`, which the API server exposes
 as `resourceVersion`).
+
+Leases follow etcd too: `grant_lease(ttl)` returns a lease id, a key written with `lease=<id>` is
+deleted (a DELETE event like any other) when the lease expires or is revoked, and
+`refresh_lease` is one keep-alive that restarts the TTL. flanneld's etcd subnet manager attaches
+its 24 h subnet keys this way; keys written with `lease=0` never expire (its "reservations").
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ __all__ = [
     "Conflict",
     "Event",
     "KeyValue",
+    "LeaseNotFound",
     "NotFound",
     "Store",
     "StoreError",
@@ -35,6 +41,7 @@ class KeyValue:
     value: bytes
     create_revision: int
     mod_revision: int
+    lease: int = 0  # the etcd lease the key is attached to; 0 = none (never expires)
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,14 @@ class Conflict(StoreError):
         super().__init__(f"{key}: modified concurrently (now at revision {rev})")
         self.key = key
         self.current = current
+
+
+class LeaseNotFound(StoreError):
+    """The lease does not exist (never granted, expired or revoked): etcd's ErrLeaseNotFound."""
+
+    def __init__(self, lease_id: int) -> None:
+        super().__init__(f"lease {lease_id:x} not found")
+        self.lease_id = lease_id
 
 
 class StoreUnavailable(StoreError):
@@ -100,9 +115,13 @@ class Store(Protocol):
         """
         ...
 
-    def create(self, key: str, value: bytes) -> int: ...
+    def create(self, key: str, value: bytes, *, lease: int = 0) -> int:
+        """Write a new key (AlreadyExists if present), attached to `lease` unless 0."""
+        ...
 
-    def update(self, key: str, value: bytes, expected_mod_revision: int | None) -> int: ...
+    def update(self, key: str, value: bytes, expected_mod_revision: int | None, *, lease: int = 0) -> int:
+        """Overwrite a live key; like etcd's Put the key is (re)attached to `lease`, 0 detaching it."""
+        ...
 
     def delete(self, key: str, expected_mod_revision: int | None = None) -> tuple[int, KeyValue]: ...
 
@@ -111,6 +130,22 @@ class Store(Protocol):
     def current_revision(self) -> int: ...
 
     def compact(self, revision: int) -> None: ...
+
+    def grant_lease(self, ttl: int) -> int:
+        """A new lease of `ttl` seconds (etcd may round a tiny TTL up to its minimum); its id."""
+        ...
+
+    def refresh_lease(self, lease_id: int) -> None:
+        """One keep-alive: the lease's TTL starts again. LeaseNotFound if it already expired."""
+        ...
+
+    def revoke_lease(self, lease_id: int) -> None:
+        """End the lease now, deleting its keys; an unknown lease is not an error (idempotent)."""
+        ...
+
+    def lease_time_to_live(self, lease_id: int) -> int:
+        """Seconds the lease has left, or -1 when it does not exist (etcd's TimeToLive)."""
+        ...
 
     def healthy(self) -> bool: ...
 

@@ -5,7 +5,8 @@ endpoint failed for 300 s after one UNAVAILABLE and then refuses to use it (no r
 etcd restart), and its watcher thread crashes on stream errors (a NameError on `six`). A plain gRPC
 channel reconnects by itself; we shorten its reconnect backoff so a restarted etcd is used again
 within about a second. Conditional writes are single transactions comparing mod_revision, as
-kube-apiserver's etcd3 store does.
+kube-apiserver's etcd3 store does. Leases use the Lease service: Grant, one-shot
+LeaseKeepAlive (a bidi stream of a single request) for refresh, Revoke and TimeToLive.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from podnet.store.base import (
     Conflict,
     Event,
     KeyValue,
+    LeaseNotFound,
     NotFound,
     StoreError,
     StoreUnavailable,
@@ -78,7 +80,13 @@ def _range_end(prefix: bytes) -> bytes:
 
 
 def _kv(pb: Any) -> KeyValue:
-    return KeyValue(pb.key.decode(), bytes(pb.value), int(pb.create_revision), int(pb.mod_revision))
+    return KeyValue(pb.key.decode(), bytes(pb.value), int(pb.create_revision), int(pb.mod_revision),
+                    int(pb.lease))
+
+
+def _lease_missing(err: StoreError) -> bool:
+    # etcd's rpctypes.ErrGRPCLeaseNotFound: "etcdserver: requested lease not found" (NOT_FOUND).
+    return "lease not found" in str(err)
 
 
 def _compare_mod(key: bytes, result: int, revision: int) -> Any:
@@ -103,6 +111,7 @@ class EtcdStore:
         self._kv_stub = etcdrpc.KVStub(self._channel)
         self._watch_stub = etcdrpc.WatchStub(self._channel)
         self._maintenance = etcdrpc.MaintenanceStub(self._channel)
+        self._lease_stub = etcdrpc.LeaseStub(self._channel)
 
     def _call(self, what: str, method: Any, request: Any, timeout: float | None = None) -> Any:
         try:
@@ -135,21 +144,26 @@ class EtcdStore:
         return int(resp.header.revision)
 
     # -- writes -----------------------------------------------------------------------------
-    def create(self, key: str, value: bytes) -> int:
+    def create(self, key: str, value: bytes, *, lease: int = 0) -> int:
         k = key.encode()
         txn = etcdrpc.TxnRequest(
             compare=[_compare_mod(k, etcdrpc.Compare.EQUAL, 0)],
-            success=[etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=k, value=value))],
+            success=[etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=k, value=value, lease=lease))],
         )
-        resp = self._call("create", self._kv_stub.Txn, txn)
+        resp = self._leased_call("create", lease, txn)
         if not resp.succeeded:
             raise AlreadyExists(key)
         return int(resp.header.revision)
 
-    def update(self, key: str, value: bytes, expected_mod_revision: int | None) -> int:
+    def update(self, key: str, value: bytes, expected_mod_revision: int | None, *, lease: int = 0) -> int:
         k = key.encode()
-        put = etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=k, value=value))
-        resp = self._conditional("update", k, expected_mod_revision, put)
+        put = etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=k, value=value, lease=lease))
+        try:
+            resp = self._conditional("update", k, expected_mod_revision, put)
+        except StoreError as err:
+            if lease and _lease_missing(err):
+                raise LeaseNotFound(lease) from None
+            raise
         if not resp.succeeded:
             current = _current_from_failure(resp)
             if current is None:
@@ -171,6 +185,14 @@ class EtcdStore:
             raise NotFound(key)
         return int(resp.header.revision), _kv(deleted[0])
 
+    def _leased_call(self, what: str, lease: int, txn: Any) -> Any:
+        try:
+            return self._call(what, self._kv_stub.Txn, txn)
+        except StoreError as err:
+            if lease and _lease_missing(err):
+                raise LeaseNotFound(lease) from None
+            raise
+
     def _conditional(self, what: str, key: bytes, expected: int | None, op: Any) -> Any:
         # Absent keys have mod_revision 0, so "exists" is mod_revision > 0.
         if expected is None:
@@ -183,6 +205,46 @@ class EtcdStore:
     def compact(self, revision: int) -> None:
         self._call("compact", self._kv_stub.Compact,
                    etcdrpc.CompactionRequest(revision=revision, physical=True))
+
+    # -- leases -----------------------------------------------------------------------------
+    def grant_lease(self, ttl: int) -> int:
+        # ID=0 lets etcd choose the id; etcd raises a TTL below its minimum to that minimum.
+        request = etcdrpc.LeaseGrantRequest(TTL=ttl, ID=0)
+        resp = self._call("lease grant", self._lease_stub.LeaseGrant, request)
+        if resp.error:
+            raise StoreError(f"etcd lease grant: {resp.error}")
+        return int(resp.ID)
+
+    def refresh_lease(self, lease_id: int) -> None:
+        # LeaseKeepAlive is a bidi stream; one request and its answer is one refresh. An answer
+        # with TTL <= 0 is etcd's way of saying the lease is gone.
+        request = etcdrpc.LeaseKeepAliveRequest(ID=lease_id)
+        try:
+            call = self._lease_stub.LeaseKeepAlive(iter([request]), timeout=self.timeout)
+            answers = [int(resp.TTL) for resp in call]
+        except grpc.RpcError as err:
+            raise translate(err, "lease keepalive") from None
+        except ValueError as err:
+            raise StoreUnavailable(f"etcd client closed (lease keepalive): {err}") from None
+        if not answers or answers[0] <= 0:
+            raise LeaseNotFound(lease_id)
+
+    def revoke_lease(self, lease_id: int) -> None:
+        try:
+            self._call("lease revoke", self._lease_stub.LeaseRevoke, etcdrpc.LeaseRevokeRequest(ID=lease_id))
+        except StoreError as err:
+            if not _lease_missing(err):
+                raise
+
+    def lease_time_to_live(self, lease_id: int) -> int:
+        try:
+            resp = self._call("lease ttl", self._lease_stub.LeaseTimeToLive,
+                              etcdrpc.LeaseTimeToLiveRequest(ID=lease_id))
+        except StoreError as err:
+            if _lease_missing(err):
+                return -1
+            raise
+        return int(resp.TTL)
 
     # -- watch / health / lifecycle ---------------------------------------------------------
     def watch(self, prefix: str, start_revision: int) -> EtcdWatchStream:

@@ -3,13 +3,20 @@
 Every key keeps its version history (a list of (revision, KeyValue | None) where None is a
 tombstone), so reads at an old revision and compaction behave as in etcd: revisions older than the
 compaction point raise Compacted; the compaction revision itself stays readable.
+
+Leases run on an injectable clock (`clock`, default time.monotonic): every call first expires the
+leases whose deadline passed, deleting their keys in one revision as etcd's lessor does, so tests
+advance a fake clock and call any method (or `expire_leases()`) to see the DELETE events.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 from podnet.store.base import (
     AlreadyExists,
@@ -17,6 +24,7 @@ from podnet.store.base import (
     Conflict,
     Event,
     KeyValue,
+    LeaseNotFound,
     NotFound,
     StoreError,
     StoreUnavailable,
@@ -26,10 +34,23 @@ from podnet.store.base import (
 _Versions = list[tuple[int, KeyValue | None]]
 _Events = list[Event]
 
+# etcd never grants a TTL below its minimum (about 1.5 election timeouts, 2 s by default).
+MIN_LEASE_TTL = 2
+
+
+@dataclass
+class _Lease:
+    ttl: int
+    deadline: float
+    keys: set[str] = field(default_factory=set)
+
 
 class MemoryStore:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._cond = threading.Condition()
+        self._clock = clock
+        self._leases: dict[int, _Lease] = {}
+        self._lease_ids = itertools.count(0x1000)
         self._revision = 1  # etcd starts at revision 1 with an empty keyspace
         self._compacted = 0
         self._history: dict[str, _Versions] = {}
@@ -72,20 +93,22 @@ class MemoryStore:
             return self._revision
 
     # -- writes -----------------------------------------------------------------------------
-    def create(self, key: str, value: bytes) -> int:
+    def create(self, key: str, value: bytes, *, lease: int = 0) -> int:
         with self._cond:
             self._check_available()
             if self._value_at(key, self._revision) is not None:
                 raise AlreadyExists(key)
+            self._check_lease(lease)
             rev = self._revision + 1
-            self._commit(Event("PUT", KeyValue(key, value, rev, rev), None))
+            self._commit(Event("PUT", KeyValue(key, value, rev, rev, lease), None))
             return rev
 
-    def update(self, key: str, value: bytes, expected_mod_revision: int | None) -> int:
+    def update(self, key: str, value: bytes, expected_mod_revision: int | None, *, lease: int = 0) -> int:
         with self._cond:
             current = self._existing(key, expected_mod_revision)
+            self._check_lease(lease)
             rev = self._revision + 1
-            self._commit(Event("PUT", KeyValue(key, value, current.create_revision, rev), current))
+            self._commit(Event("PUT", KeyValue(key, value, current.create_revision, rev, lease), current))
             return rev
 
     def _existing(self, key: str, expected_mod_revision: int | None) -> KeyValue:
@@ -118,6 +141,39 @@ class MemoryStore:
                 self._history[key] = self._compact_versions(self._history[key], revision)
                 if not self._history[key]:
                     del self._history[key]
+
+    # -- leases -----------------------------------------------------------------------------
+    def grant_lease(self, ttl: int) -> int:
+        with self._cond:
+            self._check_available()
+            lease_id = next(self._lease_ids)
+            ttl = max(ttl, MIN_LEASE_TTL)
+            self._leases[lease_id] = _Lease(ttl, self._clock() + ttl)
+            return lease_id
+
+    def refresh_lease(self, lease_id: int) -> None:
+        with self._cond:
+            self._check_available()
+            lease = self._leases.get(lease_id)
+            if lease is None:
+                raise LeaseNotFound(lease_id)
+            lease.deadline = self._clock() + lease.ttl
+
+    def revoke_lease(self, lease_id: int) -> None:
+        with self._cond:
+            self._check_available()
+            self._end_lease(lease_id)
+
+    def lease_time_to_live(self, lease_id: int) -> int:
+        with self._cond:
+            self._check_available()
+            lease = self._leases.get(lease_id)
+            return -1 if lease is None else max(0, round(lease.deadline - self._clock()))
+
+    def expire_leases(self) -> None:
+        """Expire every lease whose deadline passed (tests call it after advancing the clock)."""
+        with self._cond:
+            self._expire()
 
     # -- watch ------------------------------------------------------------------------------
     def watch(self, prefix: str, start_revision: int) -> MemoryWatchStream:
@@ -155,6 +211,28 @@ class MemoryStore:
     def _check_available(self) -> None:
         if not self.available or self._closed:
             raise StoreUnavailable("memory store unavailable")
+        self._expire()
+
+    def _check_lease(self, lease_id: int) -> None:
+        # etcd refuses a Put naming a lease it does not know (ErrLeaseNotFound); nothing is written.
+        if lease_id and lease_id not in self._leases:
+            raise LeaseNotFound(lease_id)
+
+    def _expire(self) -> None:
+        now = self._clock()
+        for lease_id in [i for i, lease in self._leases.items() if lease.deadline <= now]:
+            self._end_lease(lease_id)
+
+    def _end_lease(self, lease_id: int) -> None:
+        """Drop the lease and delete its live keys, all in one revision (etcd's lessor revoke)."""
+        lease = self._leases.pop(lease_id, None)
+        if lease is None:
+            return
+        rev = self._revision + 1
+        for key in sorted(lease.keys):
+            current = self._value_at(key, self._revision)
+            if current is not None and current.lease == lease_id:
+                self._commit(Event("DELETE", KeyValue(key, b"", 0, rev), current))
 
     def _value_at(self, key: str, revision: int) -> KeyValue | None:
         versions = self._history.get(key)
@@ -166,6 +244,8 @@ class MemoryStore:
     def _commit(self, event: Event) -> None:
         self._revision = event.kv.mod_revision
         value = None if event.type == "DELETE" else event.kv
+        if value is not None and value.lease:
+            self._leases[value.lease].keys.add(value.key)
         self._history.setdefault(event.kv.key, []).append((self._revision, value))
         self._events.append(event)
         self._cond.notify_all()
@@ -209,6 +289,8 @@ class MemoryWatchStream:
                 return None
             if self.broken:
                 raise StoreUnavailable("watch stream lost")
+            if store.available:
+                store._expire()  # a TTL runs out with nobody writing: the watcher still sees it
             if self._next < store._compacted:
                 raise Compacted(store._compacted)
             if store._revision >= self._next:
