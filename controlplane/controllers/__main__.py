@@ -105,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = leaderelection.run_with_leader_election(lease_client, args.leader_election, lead, stop)
     finally:
+        ctx.recorder.stop()  # flush queued Events (bounded wait) before the connection goes
         client.close()
         lease_client.close()
     log.info("stopped (%s)", ", ".join(f"{c.name}: {getattr(c, 'syncs', 0)} syncs" for c in controllers))

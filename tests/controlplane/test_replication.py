@@ -399,3 +399,34 @@ def test_parse_args() -> None:
         parse_args(["--kubeconfig", "k", "--controllers", "-replicationcontroller"])
     assert parse_args(["--kubeconfig", "k", "--controllers", "*", "--node-monitor-grace-period",
                        "5s"]).node_monitor_grace_period == 5.0
+
+
+def test_slow_start_batch_doubles_and_stops_after_a_failed_batch() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from controlplane.controllers.replication import slow_start_batch
+
+    calls: list[int] = []
+    lock = threading.Lock()
+
+    def ok() -> None:
+        with lock:
+            calls.append(1)
+
+    with ThreadPoolExecutor(4) as pool:
+        assert slow_start_batch(10, ok, pool) == (10, [])  # batches 1, 2, 4, 3
+        assert len(calls) == 10
+        assert slow_start_batch(0, ok, pool) == (0, [])
+
+        attempts: list[int] = []
+
+        def fails_from_the_fourth() -> None:
+            with lock:
+                attempts.append(1)
+                n = len(attempts)
+            if n >= 4:
+                raise RuntimeError("quota")
+
+        done, errors = slow_start_batch(100, fails_from_the_fourth, pool)
+        # batches 1 and 2 succeed; the batch of 4 has failures; nothing after it is tried
+        assert done == 3 and len(errors) == 4 and len(attempts) == 7
