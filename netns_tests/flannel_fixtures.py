@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,3 +181,73 @@ def ping_loss(output: str) -> float:
     """Packet loss percentage from ping's summary line."""
     match = re.search(r"([\d.]+)% packet loss", output)
     return float(match.group(1)) if match else 100.0
+
+
+# ------------------------------------------------------------------------- traffic helpers
+
+ECHO_PORT = 7000
+# Answers every TCP connection / UDP datagram on ECHO_PORT with "<peer ip> <bytes received>", so
+# a test sees both that the payload arrived whole and which source address it came from (NAT).
+ECHO_SERVER = f"""
+import socket, threading
+def tcp():
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", {ECHO_PORT})); s.listen(16)
+    while True:
+        c, peer = s.accept()
+        want = int(c.recv(16).split(b":")[0]); got = 0
+        while got < want:
+            chunk = c.recv(65536)
+            if not chunk: break
+            got += len(chunk)
+        c.sendall(f"{{peer[0]}} {{got}}".encode()); c.close()
+def udp():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", {ECHO_PORT}))
+    while True:
+        data, peer = u.recvfrom(65536)
+        u.sendto(f"{{peer[0]}} {{len(data)}}".encode(), peer)
+threading.Thread(target=udp, daemon=True).start()
+tcp()
+"""
+
+TCP_CLIENT = """
+import socket, sys
+ip, size = sys.argv[1], int(sys.argv[2])
+c = socket.create_connection((ip, {port}), timeout=5)
+c.sendall(f"{{size}}:".ljust(16).encode()); c.sendall(b"x" * size)
+print(c.recv(100).decode())
+"""
+
+# DF set (IP_PMTUDISC_DO): an MTU-sized datagram that does not fit fails instead of fragmenting.
+UDP_CLIENT = """
+import socket, sys
+ip, size = sys.argv[1], int(sys.argv[2])
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2)
+u.setsockopt(socket.IPPROTO_IP, 10, 2)
+for _ in range(5):
+    u.sendto(b"y" * size, (ip, {port}))
+    try:
+        print(u.recvfrom(100)[0].decode()); break
+    except TimeoutError:
+        pass
+"""
+
+
+def start_echo(topo: Topology, where: str) -> subprocess.Popen[bytes]:
+    """The echo server in namespace `where` (a pod or host netns name); PID recorded."""
+    return topo.spawn(where, [sys.executable, "-c", ECHO_SERVER], stdin=subprocess.DEVNULL,
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def echo(client: Pod | Host, ip: str, size: int, proto: str) -> tuple[str, int]:
+    """(source address the server saw, bytes it received) for one TCP stream / UDP datagram."""
+    script = (TCP_CLIENT if proto == "tcp" else UDP_CLIENT).format(port=ECHO_PORT)
+    out = ""
+    for _ in range(40):  # the server may still be starting
+        proc = client.run(sys.executable, "-c", script, ip, str(size), check=False, timeout=15)
+        out = proc.stdout.strip()
+        if proc.returncode == 0 and out:
+            peer, got = out.split()
+            return peer, int(got)
+        time.sleep(0.05)
+    raise AssertionError(f"{proto} echo {ip} size {size}: {out or proc.stderr[-500:]}")

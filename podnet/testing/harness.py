@@ -137,6 +137,13 @@ class Topology:
             proc.send_signal(sig)
             proc.wait(timeout=10)
 
+    def signal(self, proc: subprocess.Popen[bytes], sig: int) -> None:
+        """Send a non-fatal signal (SIGSTOP/SIGCONT/SIGTERM) to one of our processes; no wait."""
+        if proc not in self.procs:
+            raise ValueError(f"pid {proc.pid} was not started by this topology")
+        if proc.poll() is None:
+            proc.send_signal(sig)
+
     def spawn(self, where: str | None, argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
         """Start a process inside namespace `where`; its PID is recorded for cleanup."""
         full = ["nsenter", f"--net={netns.path_of(where)}", "--", *argv] if where else argv
