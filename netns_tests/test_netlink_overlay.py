@@ -5,14 +5,20 @@ backend programs per remote host).  `ip -j` / `bridge -j` are the independent wi
 from __future__ import annotations
 
 import json
+import select
+import socket
+import struct
+import subprocess
+import time
 from typing import Any
 
 import pytest
 
 from podnet import execs
-from podnet.errors import NetlinkFailure, NotFound
+from podnet.errors import AlreadyExists, NetlinkFailure, NotFound
 from podnet.netlink import RTPROT_PODNET_FLANNEL, Fdb, Neighbour, Netlink, netns_fd
 from podnet.testing.harness import Topology
+from podnet.tun import TunDevice, open_tun
 
 VTEP = "flannel.1"
 MAC_A, MAC_B = "02:aa:00:00:00:01", "02:bb:00:00:00:02"
@@ -187,3 +193,79 @@ def test_two_namespaces_ping_through_vxlan_over_a_veth(topo: Topology) -> None:
     df_big = execs.run(["ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1423", "10.244.2.0"],
                        netns=a, check=False)
     assert (df_ok.returncode, df_big.returncode != 0) == (0, True), df_ok.stdout + df_big.stdout
+
+
+# ------------------------------------------------------------------------------ tun
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071)."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def echo_reply(request: bytes) -> bytes:
+    """The ICMP echo reply to an IPv4 echo request: addresses swapped, type 0, checksums redone."""
+    ihl = (request[0] & 0x0F) * 4
+    header = bytearray(request[:ihl])
+    header[12:16], header[16:20] = request[16:20], request[12:16]
+    header[10:12] = b"\0\0"
+    header[10:12] = struct.pack("!H", checksum(bytes(header)))
+    icmp = bytearray(request[ihl:])
+    icmp[0], icmp[2:4] = 0, b"\0\0"
+    icmp[2:4] = struct.pack("!H", checksum(bytes(icmp)))
+    return bytes(header + icmp)
+
+
+def read_echo_request(tun: TunDevice, dst: str, timeout: float = 5.0) -> bytes:
+    """The next IPv4 ICMP echo request to `dst` read from `tun` (skipping e.g. IPv6 MLD)."""
+    deadline = time.monotonic() + timeout
+    while (remaining := deadline - time.monotonic()) > 0:
+        if not select.select([tun], [], [], remaining)[0]:
+            break
+        packet = tun.read()
+        if packet[0] >> 4 == 4 and packet[9] == 1 and socket.inet_ntoa(packet[16:20]) == dst \
+                and packet[(packet[0] & 0x0F) * 4] == 8:
+            return packet
+    raise AssertionError(f"no echo request to {dst} on {tun.name} within {timeout}s")
+
+
+def test_tun_open_configure_and_close(topo: Topology) -> None:
+    ns = topo.new_netns("tn")
+    with open_tun("flannel0", netns=ns) as tun:
+        assert tun.name == "flannel0" and tun.fileno() >= 0
+        with Netlink.open(ns) as nl:
+            link = nl.require_link("flannel0")
+            assert link.kind == "tun" and not link.up
+            nl.set_link("flannel0", mtu=1472, state="up")
+            assert nl.require_link("flannel0").mtu == 1472
+        info = ip_json(ns, "-d", "link", "show", "dev", "flannel0")[0]
+        assert info["linkinfo"]["info_data"]["type"] == "tun"
+        assert info["linkinfo"]["info_data"]["pi"] is False
+        with pytest.raises(AlreadyExists):
+            open_tun("flannel0", netns=ns)
+        with open_tun("tun%d", netns=ns) as numbered:
+            assert numbered.name == "tun0"
+    # Closing the only fd removes a non-persistent device.
+    with Netlink.open(ns) as nl:
+        assert nl.get_link("flannel0") is None and nl.get_link("tun0") is None
+    with pytest.raises(ValueError):
+        open_tun("x" * 16)
+
+
+def test_tun_packets_are_read_and_written(topo: Topology) -> None:
+    """A ping through the TUN device, answered by the test: what the kernel routes to the device
+    is read from the fd, and what is written to the fd is received by the kernel."""
+    ns = topo.new_netns("tp")
+    with open_tun("flannel0", netns=ns) as tun:
+        with Netlink.open(ns) as nl:
+            nl.ensure_addr("flannel0", "10.9.0.1/24")
+            nl.set_up("flannel0")
+        ping = topo.spawn(ns, ["ping", "-c", "1", "-W", "5", "10.9.0.2"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        request = read_echo_request(tun, "10.9.0.2")
+        assert socket.inet_ntoa(request[12:16]) == "10.9.0.1"
+        assert tun.write(echo_reply(request)) == len(request)
+        assert ping.wait(timeout=10) == 0

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from podnet import netlink, rtnl
+from podnet import netlink, rtnl, tun
 
 LE = sys.byteorder == "little"
 pytestmark = pytest.mark.skipif(not LE, reason="golden bytes are little-endian")
@@ -138,3 +138,12 @@ def test_vxlan_adoption_compares_what_decides_the_traffic() -> None:
     assert not netlink._vxlan_matches(None, want)
     for change in ({"vni": 2}, {"port": 4789}, {"local": "10.0.0.2"}, {"link": 3}):
         assert not netlink._vxlan_matches(want._replace(**change), want), change
+
+
+# ---------------------------------------------------------------------------- tun
+def test_tun_ifreq_layout_and_name_limit() -> None:
+    assert tun._IFREQ.size == 40  # struct ifreq on Linux: 16-byte name + 24-byte union
+    packed = tun._IFREQ.pack(b"flannel0", tun.IFF_TUN | tun.IFF_NO_PI)
+    assert packed[:16] == b"flannel0" + b"\0" * 8 and packed[16:18] == b"\x01\x10"
+    with pytest.raises(ValueError):
+        tun.open_tun("a" * 16)
