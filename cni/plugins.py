@@ -12,6 +12,7 @@ from cni.skel import Plugin
 
 MODULES = {
     "bridge": "cni.bridge",
+    "flannel": "cni.flannel",
     "host-local": "cni.host_local",
     "loopback": "cni.loopback",
     "portmap": "cni.portmap",

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-PLUGINS = ("bridge", "host-local", "loopback", "portmap")
+PLUGINS = ("bridge", "flannel", "host-local", "loopback", "portmap")
 
 
 def install(tmp_path: Path) -> Path:
