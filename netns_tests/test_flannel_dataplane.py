@@ -5,7 +5,9 @@ three hosts over plain routes and over a hand-built kernel vxlan with upstream f
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import threading
 from collections.abc import Iterator
 from itertools import permutations
 from pathlib import Path
@@ -113,3 +115,23 @@ def test_hand_vxlan_three_hosts_full_mesh_mtu_sized(topo: Topology) -> None:
     assert "dev flannel.1" in route, route
     fdb = pods[0].host.run("bridge", "fdb", "show", "dev", "flannel.1").stdout
     assert f"dst {pods[1].host.ip}" in fdb, fdb
+
+
+def test_loopback_forward_reaches_the_test_namespace(topo: Topology) -> None:
+    """What kube-mode flanneld uses to reach the API server on the test's 127.0.0.1."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"hello " + conn.recv(100))
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        host = topo.add_host()
+        topo.forward_loopback(host, port)
+        script = (f"import socket;c=socket.create_connection(('127.0.0.1',{port}),timeout=5);"
+                  "c.sendall(b'host');c.shutdown(socket.SHUT_WR);print(c.recv(100).decode())")
+        assert host.run(sys.executable, "-c", script).stdout.strip() == "hello host"
+    finally:
+        server.close()

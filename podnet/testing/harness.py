@@ -8,9 +8,12 @@ fabric-side veth ends are created inside the fabric namespace itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
+import threading
 import uuid
 from dataclasses import dataclass, field
 
@@ -54,6 +57,7 @@ class Topology:
     prefix: str = field(default_factory=run_prefix)
     namespaces: list[str] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    listeners: list[socket.socket] = field(default_factory=list)
     fabric: str | None = None
     hosts: list[Host] = field(default_factory=list)
 
@@ -151,8 +155,39 @@ class Topology:
         self.procs.append(proc)
         return proc
 
+    def forward_loopback(self, host: Host, port: int) -> None:
+        """Make 127.0.0.1:`port` inside `host` reach 127.0.0.1:`port` of the test's own namespace.
+
+        For a server only the test namespace has (the API server): a host-netns daemon connects
+        to the very URL its kubeconfig names, and TLS stays end to end (the certificate's
+        127.0.0.1 SAN matches).  The listening socket is created inside `host` (setns on this
+        thread), the outgoing ones in the test's namespace; plain byte relaying, no parsing.
+        """
+        with netns.enter(host.name):
+            listener = socket.create_server(("127.0.0.1", port))
+        self.listeners.append(listener)
+        threading.Thread(target=self._accept_loop, args=(listener, port), daemon=True).start()
+
+    def _accept_loop(self, listener: socket.socket, port: int) -> None:
+        while True:
+            try:
+                inner, _ = listener.accept()
+            except OSError:
+                return  # closed at cleanup
+            try:
+                outer = socket.create_connection(("127.0.0.1", port), timeout=5)
+            except OSError:
+                inner.close()
+                continue
+            outer.settimeout(None)
+            for src, dst in ((inner, outer), (outer, inner)):
+                threading.Thread(target=_relay, args=(src, dst), daemon=True).start()
+
     # ---------------------------------------------------------------- cleanup
     def cleanup(self) -> None:
+        for listener in self.listeners:
+            listener.close()
+        self.listeners.clear()
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
@@ -160,3 +195,14 @@ class Topology:
         for name in reversed(self.namespaces):
             netns.delete(name)
         self.namespaces.clear()
+
+
+def _relay(src: socket.socket, dst: socket.socket) -> None:
+    """Copy src -> dst until EOF/error, then half-close dst (the other direction may continue)."""
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
