@@ -456,8 +456,15 @@ class ReplicationManager(KeyedController):
         status = compute_status(rc, active, time.time())
         if status_changed(rc, status):
             meta = _meta(rc)
-            self.api.patch(self.kind.resource, str(meta["name"]), {"status": status},
-                           meta.get("namespace"), subresource="status")
+            try:
+                self.api.patch(self.kind.resource, str(meta["name"]), {"status": status},
+                               meta.get("namespace"), subresource="status")
+            except ApiError as e:
+                if not e.not_found:
+                    raise
+                # deleted since the cache showed it: its delete event marks the key again and the
+                # next sync forgets it (upstream ignores NotFound here too)
+                log.info("%s/%s gone before its status update", meta.get("namespace"), meta["name"])
         return status
 
 

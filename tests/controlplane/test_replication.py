@@ -430,3 +430,14 @@ def test_slow_start_batch_doubles_and_stops_after_a_failed_batch() -> None:
         done, errors = slow_start_batch(100, fails_from_the_fourth, pool)
         # batches 1 and 2 succeed; the batch of 4 has failures; nothing after it is tried
         assert done == 3 and len(errors) == 4 and len(attempts) == 7
+
+
+def test_status_update_of_an_rc_deleted_meanwhile_is_not_an_error() -> None:
+    m, api, _ = manager(make_rc(1))
+    api.fail["patch replicationcontrollers"] = 404
+    m.sync("default/web")  # creates the pod; the status patch finds the RC gone: no exception
+    assert len(api.created) == 1
+    api.fail["patch replicationcontrollers"] = 500
+    m.expectations.forget("default/web")
+    with pytest.raises(ApiError):
+        m.sync("default/web")
