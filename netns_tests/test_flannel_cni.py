@@ -79,6 +79,8 @@ def test_flannel_delegates_to_our_bridge_add_check_gc_del(topo: Topology, cni_bi
         results = {cid: runtime.add(att) for cid, att in atts.items()}
         for att in atts.values():
             runtime.check(att)
+        # STATUS goes through bridge to host-local: ready, the /24 has free addresses.
+        cnirun.call("flannel", "STATUS", {**conf, "cniVersion": "1.1.0"}, cni_path=[str(cni_bin)])
     for cid, result in results.items():
         assert_pod_wired(host, atts[cid].netns, result)
     assert ping(atts["fl1"].netns, pod_ip(results["fl2"]))
