@@ -1,0 +1,1 @@
+"""flanneld backends: vxlan, host-gw and udp (see base.py for the shared diff-and-apply)."""

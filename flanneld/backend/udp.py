@@ -1,0 +1,173 @@
+"""The udp backend: a TUN device and user-space encapsulation on UDP/8285 (FL pkg/backend/udp).
+
+Upstream's "debugging only" backend, with the proxy in C.  Here one thread moves packets: an IP
+packet read from flannel0 is looked up by destination in the subnet -> PublicIP table and sent
+as the payload of a UDP datagram to PublicIP:8285; a datagram received on :8285 is written back
+into flannel0.  The kernel routes the whole flannel Network into flannel0 and our own subnet to
+the local bridge (the longer prefix), so only cross-host traffic reaches the proxy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import select
+import socket
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from flanneld.backend.base import (
+    LOG,
+    Applied,
+    Desired,
+    Iface,
+    LeaseLike,
+    NetlinkSeam,
+    RouteSpec,
+    apply_desired,
+    remote_leases,
+)
+
+DEFAULT_PORT = 8285
+DEVICE = "flannel0"
+UDP_OVERHEAD = 28  # outer IPv4 20 + UDP 8 (the inner packet is carried without an L2 header)
+_BATCH = 64  # packets moved per wake-up before checking the other side again
+
+
+class UdpBackend:
+    type_name = "udp"
+
+    def __init__(self, config: Mapping[str, Any], network: ipaddress.IPv4Network) -> None:
+        self.port = int(config.get("Port") or DEFAULT_PORT)
+        self.network = network
+        self.proxy: UdpProxy | None = None
+
+    def mtu(self, iface: Iface) -> int:
+        return iface.mtu - UDP_OVERHEAD
+
+    def prepare(self, nl: NetlinkSeam, own_ip: str, iface: Iface) -> dict[str, Any]:
+        """Open flannel0 and start the proxy once; later calls only re-assert MTU and up."""
+        if self.proxy is None:
+            from podnet.tun import open_tun  # not needed by the other backends
+
+            tun = open_tun(DEVICE)
+            self.proxy = UdpProxy(tun.fd, own_ip, self.port)
+            self._tun = tun
+            self.proxy.start()
+        link = nl.get_link(DEVICE)
+        if link is not None and link.mtu != self.mtu(iface):
+            nl.set_link(DEVICE, mtu=self.mtu(iface))
+        if link is None or not link.up:
+            nl.set_up(DEVICE)
+        return {}
+
+    def desired(self, own: LeaseLike, leases: Mapping[ipaddress.IPv4Network, LeaseLike]) -> Desired:
+        return udp_desired(self.network, own, leases)
+
+    def apply(self, nl: NetlinkSeam, desired: Desired) -> Applied:
+        if self.proxy is not None:
+            self.proxy.set_peers(desired.tunnels, self.port)
+        return apply_desired(nl, desired)
+
+    def close(self) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
+            self._tun.close()
+            self.proxy = None
+
+
+def udp_desired(network: ipaddress.IPv4Network, own: LeaseLike,
+                leases: Mapping[ipaddress.IPv4Network, LeaseLike]) -> Desired:
+    """Pure: the Network routed into flannel0, our subnet address on it, and the proxy's table."""
+    tunnels = {str(lease.subnet): lease.public_ip for lease in remote_leases(own, leases, "udp")}
+    return Desired(routes=frozenset({RouteSpec(str(network), None, DEVICE)}),
+                   addresses={DEVICE: f"{own.subnet.network_address}/32"}, tunnels=tunnels)
+
+
+class UdpProxy:
+    """The packet mover (one thread).  The peer table is swapped whole, so the thread reads it
+    without a lock."""
+
+    def __init__(self, tun_fd: int, bind_ip: str, port: int) -> None:
+        self.tun_fd = tun_fd
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((bind_ip, port))
+        self.sock.setblocking(False)
+        os.set_blocking(tun_fd, False)
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._stopped = False
+        # [(prefix mask, {network int: (PublicIP, port)})], longest prefix first.
+        self._table: list[tuple[int, dict[int, tuple[str, int]]]] = []
+        self._thread = threading.Thread(target=self._run, name="udp-proxy", daemon=True)
+        self.sent = self.received = self.dropped = 0
+
+    def set_peers(self, tunnels: Mapping[str, str], port: int) -> None:
+        by_len: dict[int, dict[int, tuple[str, int]]] = {}
+        for cidr, public_ip in tunnels.items():
+            net = ipaddress.IPv4Network(cidr)
+            by_len.setdefault(net.prefixlen, {})[int(net.network_address)] = (public_ip, port)
+        self._table = [((0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF, nets)
+                       for plen, nets in sorted(by_len.items(), reverse=True)]
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped = True
+        os.write(self._wake_w, b"x")
+        self._thread.join(timeout=5)
+        self.sock.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _lookup(self, packet: bytes) -> tuple[str, int] | None:
+        if len(packet) < 20 or packet[0] >> 4 != 4:
+            return None
+        dst = int.from_bytes(packet[16:20], "big")
+        for mask, nets in self._table:
+            peer = nets.get(dst & mask)
+            if peer is not None:
+                return peer
+        return None
+
+    def _run(self) -> None:
+        fds = [self.tun_fd, self.sock.fileno(), self._wake_r]
+        while not self._stopped:
+            try:
+                ready = select.select(fds, [], [])[0]
+                if self.tun_fd in ready:
+                    self._from_tun()
+                if self.sock.fileno() in ready:
+                    self._from_udp()
+            except OSError as exc:  # a bad peer address or a vanished TUN must not kill the thread
+                LOG.warning("udp proxy: %s", exc)
+
+    def _from_tun(self) -> None:
+        for _ in range(_BATCH):
+            try:
+                packet = os.read(self.tun_fd, 65535)
+            except BlockingIOError:
+                return
+            peer = self._lookup(packet)
+            if peer is None:
+                self.dropped += 1  # no lease for it: upstream answers ICMP net-unreachable
+                continue
+            try:
+                self.sock.sendto(packet, peer)
+                self.sent += 1
+            except (BlockingIOError, OSError):
+                self.dropped += 1
+
+    def _from_udp(self) -> None:
+        for _ in range(_BATCH):
+            try:
+                packet = self.sock.recv(65535)
+            except BlockingIOError:
+                return
+            try:
+                os.write(self.tun_fd, packet)
+                self.received += 1
+            except OSError:
+                self.dropped += 1
