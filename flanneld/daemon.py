@@ -7,7 +7,7 @@ catches anything changed behind our back (a deleted route, a flushed FDB).  Each
   2. prepares the backend's devices (idempotent: adopts what a previous run left),
   3. renews the lease when it is within --subnet-lease-renew-margin of expiry,
   4. computes the desired routes/neighbours/FDB from ALL leases and applies the diff,
-  5. converges the FLANNEL-* iptables rules, and
+  5. converges the FLANNEL-* iptables rules (full syncs, or when our subnet changed), and
   6. writes subnet.env (atomically, only when it changes and only once the above is done).
 
 Peers are not touched until the lease watch has delivered its first snapshot: before that the
@@ -97,6 +97,7 @@ class Daemon:
         self.ready = threading.Event()  # subnet.env written
         self.leases_seen = threading.Event()  # the watch delivered its first snapshot
         self._problems: tuple[str, ...] = ()
+        self._masq_for: ipaddress.IPv4Network | None = None  # subnet the rules were last made for
 
     # ------------------------------------------------------------------ the watch side
     def on_leases_changed(self, runner: Runner | None = None) -> None:
@@ -110,7 +111,7 @@ class Daemon:
         started = time.monotonic()
         self.metrics.inc("flannel_reconcile_total")
         try:
-            self._sync()
+            self._sync(full)
         except Exception:
             self.metrics.inc("flannel_reconcile_errors_total")
             raise
@@ -119,7 +120,7 @@ class Daemon:
             self.metrics.set("flannel_reconcile_duration_seconds", took)
             self.metrics.inc("flannel_reconcile_duration_seconds_sum", took)
 
-    def _sync(self) -> None:
+    def _sync(self, full: bool) -> None:
         if self.config is None:
             self.config = self.sm.network_config()
         if self.own is None or self.sm.own_lease_lost():
@@ -134,8 +135,12 @@ class Daemon:
             LOG.debug("waiting for the first lease snapshot before programming peers")
             return
         failure = self._apply_peers()
-        masq.apply(self.ipt, self.config.network, self.own.subnet, ip_masq=self.opts.ip_masq,
-                   forward=self.opts.forward)
+        # iptables-save costs a fork per table: lease events (not full) skip it unless our own
+        # subnet changed; the periodic full resync re-checks the rules (upstream: every 5 s).
+        if full or self._masq_for != self.own.subnet:
+            masq.apply(self.ipt, self.config.network, self.own.subnet, ip_masq=self.opts.ip_masq,
+                       forward=self.opts.forward)
+            self._masq_for = self.own.subnet
         self._write_subnet_env()
         if failure is not None:
             raise failure

@@ -215,3 +215,21 @@ def test_metrics_server_healthz_readyz_metrics():
     finally:
         server.stop()
     json.dumps(metrics.render())
+
+
+def test_lease_events_skip_iptables_full_resyncs_repair_it(world):
+    _nl, sm, ipt, _opts, _, make = world
+    d = make()
+    d.on_leases_changed()
+    d.sync(full=False)  # the first one writes the rules even when not full
+    restores = len(ipt.restores)
+    saves = ipt.save
+    calls = []
+    ipt.save = lambda table: calls.append(table) or saves(table)
+    sm.put(lease("10.244.3.0/24", "10.250.0.4", mac="0e:00:00:00:00:03"))
+    d.sync(full=False)
+    assert calls == []
+    ipt.restore("*nat\n-D POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG\nCOMMIT\n")
+    d.sync(full=True)
+    assert calls and len(ipt.restores) == restores + 2
+    assert "-j FLANNEL-POSTRTG" in saves("nat").split("COMMIT")[0]
