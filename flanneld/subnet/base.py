@@ -29,6 +29,11 @@ class SubnetManager(Protocol):
         """Our lease: the one held for public_ip if compatible, else `previous` if free, else new."""
         ...
 
+    def stored_backend_data(self, public_ip: str, backend_type: str) -> dict[str, Any]:
+        """What this host last published for `backend_type` (e.g. its VtepMAC, to keep it across a
+        reboot); {} when nothing was."""
+        ...
+
     def renew(self, lease: Lease) -> Lease:
         """A fresh TTL for our lease (etcd: new 24 h lease + put; kube: no TTL, nothing to do)."""
         ...

@@ -132,6 +132,21 @@ class EtcdSubnetManager:
                 self._deadlines[etcd_lease] = expiration
         return lease
 
+    def stored_backend_data(self, public_ip: str, backend_type: str) -> dict[str, Any]:
+        """The BackendData our PublicIP's lease last published (e.g. the VtepMAC), so a rebooted
+        host can recreate its device with the same MAC peers already know; {} if none."""
+        kvs, _, _ = self.store.list(self.subnets_prefix)
+        for kv in kvs:
+            if parse_subnet_key(kv.key) is None:
+                continue
+            try:
+                attrs = decode_attrs(kv.value)
+            except ValueError:
+                continue
+            if attrs.public_ip == public_ip and attrs.backend_type == backend_type:
+                return dict(attrs.backend_data)
+        return {}
+
     def renew(self, lease: Lease) -> Lease:
         key = subnet_key(self.prefix, lease.subnet)
         kv = self.store.get(key)

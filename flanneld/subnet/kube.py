@@ -133,6 +133,18 @@ class KubeSubnetManager:
             self._own, self._own_rv = lease, _rv_int(node)
         return lease
 
+    def stored_backend_data(self, public_ip: str, backend_type: str) -> dict[str, Any]:
+        """Our node's published backend-data (upstream GetStoredMacAddresses: a persistent VtepMAC,
+        flannel PR #1946) when it is for the same backend; {} otherwise."""
+        ann = _annotations(self._get_node())
+        if ann.get(f"{self.prefix}/backend-type") != backend_type:
+            return {}
+        try:
+            data = json.loads(ann.get(f"{self.prefix}/backend-data") or "null")
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
     def renew(self, lease: Lease) -> Lease:
         """No TTL in this mode; re-assert our annotations in case someone edited them."""
         node = self._get_node()

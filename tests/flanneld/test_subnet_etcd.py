@@ -342,3 +342,12 @@ def test_store_outage_is_retried(watched: tuple[GatedStore, EtcdSubnetManager, l
     wait_until(lambda: store.available, what="store back")
     other(store, "10.244.60.0/24", "10.0.0.7")
     wait_until(lambda: N("10.244.60.0/24") in mgr.leases(), what="lease after outage")
+
+
+def test_stored_backend_data_is_the_last_published(store: CountingStore, clock: Clock) -> None:
+    mgr = manager(store, clock)
+    assert mgr.stored_backend_data("10.0.0.1", "vxlan") == {}
+    mgr.acquire("10.0.0.1", "vxlan", VX, None)
+    assert mgr.stored_backend_data("10.0.0.1", "vxlan") == VX
+    assert mgr.stored_backend_data("10.0.0.1", "host-gw") == {}
+    assert mgr.stored_backend_data("10.0.0.2", "vxlan") == {}

@@ -179,3 +179,14 @@ def test_own_lease_lost_when_node_deleted_or_changed() -> None:
     assert mgr.own_lease_lost()
     mgr.informer.apply_event(WatchEvent("DELETED", edited))
     assert mgr.own_lease_lost()
+
+
+def test_stored_backend_data_keeps_the_vtep_mac() -> None:
+    api = FakeApi(node("n1", "10.244.3.0/24"))
+    mgr = mgr_for(api)
+    assert mgr.stored_backend_data("192.168.1.1", "vxlan") == {}
+    mgr.acquire("192.168.1.1", "vxlan", VX, None)
+    assert mgr.stored_backend_data("192.168.1.1", "vxlan") == VX
+    assert mgr.stored_backend_data("192.168.1.1", "host-gw") == {}
+    api.nodes["n1"]["metadata"]["annotations"][f"{A}/backend-data"] = "{"
+    assert mgr.stored_backend_data("192.168.1.1", "vxlan") == {}
