@@ -135,9 +135,9 @@ class FlannelCluster:
         return fh
 
     def command(self, fh: FlannelHost, *extra: str) -> list[str]:
-        assert self.etcd is not None
-        return [sys.executable, "-m", "flanneld", "--etcd-endpoints", self.etcd.endpoint,
-                "--etcd-prefix", PREFIX, "--iface", "eth0", "--subnet-file",
+        """etcd mode when this cluster runs etcd; otherwise `extra` carries --kube-subnet-mgr."""
+        etcd = ["--etcd-endpoints", self.etcd.endpoint, "--etcd-prefix", PREFIX] if self.etcd else []
+        return [sys.executable, "-m", "flanneld", *etcd, "--iface", "eth0", "--subnet-file",
                 str(fh.subnet_file), *extra]
 
     def start_flanneld(self, fh: FlannelHost, *extra: str, wait: bool = True) -> None:
@@ -251,3 +251,8 @@ def echo(client: Pod | Host, ip: str, size: int, proto: str) -> tuple[str, int]:
             return peer, int(got)
         time.sleep(0.05)
     raise AssertionError(f"{proto} echo {ip} size {size}: {out or proc.stderr[-500:]}")
+
+
+def link_mac(where: Host, dev: str) -> str:
+    """A device's MAC inside a host (not /sys/class/net: sysfs shows the mounter's namespace)."""
+    return str(json.loads(where.run("ip", "-j", "link", "show", dev).stdout)[0]["address"])

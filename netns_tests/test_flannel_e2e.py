@@ -1,0 +1,141 @@
+"""flanneld end to end (etcd mode): real `python -m flanneld` per simulated host, real etcd in the
+fabric namespace, pods on each host's cni0 addressed from its subnet.env.
+
+Issue 5 "Tests": pods on three hosts reach each other for every backend (ICMP, TCP, UDP,
+MTU-sized with DF), host-to-pod and pod-to-host; masquerade only for traffic leaving the pod
+network; a 4th host's routes everywhere within 1 s and gone everywhere when its lease goes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import time
+from collections.abc import Iterator
+from itertools import permutations
+from pathlib import Path
+
+import pytest
+
+from netns_tests.flannel_fixtures import (
+    PREFIX,
+    FlannelCluster,
+    FlannelHost,
+    echo,
+    link_mac,
+    ping_loss,
+    start_echo,
+)
+from podnet.testing.etcd import ETCD
+from podnet.testing.harness import Pod, Topology
+from podnet.testing.wait import wait_until
+
+IP_ICMP = 28
+RESYNC = "1s"
+
+
+@pytest.fixture
+def cluster(topo: Topology, tmp_path: Path) -> Iterator[FlannelCluster]:
+    if not os.path.exists(ETCD):
+        pytest.skip("etcd missing: apt-get install etcd-server")
+    c = FlannelCluster(topo, tmp_path)
+    try:
+        yield c
+    finally:
+        for fh in c.hosts:  # daemons first, so none logs errors about a vanished etcd
+            c.kill_flanneld(fh)
+        if c.etcd is not None:
+            c.etcd.cleanup()
+
+
+def boot(cluster: FlannelCluster, backend: dict[str, object], hosts: int = 3,
+         *extra: str) -> list[FlannelHost]:
+    cluster.start_etcd()
+    cluster.write_config(backend)
+    fhs = [cluster.add_host() for _ in range(hosts)]
+    for fh in fhs:
+        cluster.start_flanneld(fh, "--resync-period", RESYNC, *extra, wait=False)
+    for fh in fhs:
+        cluster.wait_ready(fh)
+    return fhs
+
+
+def wait_mesh(pods: list[Pod], timeout: float = 10.0) -> None:
+    for src, dst in permutations(pods, 2):
+        wait_until(lambda s=src, d=dst: s.run("ping", "-c1", "-W1", d.ip,
+                                              check=False).returncode == 0,
+                   timeout, f"{src.ip} -> {dst.ip}")
+
+
+def peer_routes(fh: FlannelHost, subnet: ipaddress.IPv4Network) -> list[str]:
+    return [line for line in fh.routes().splitlines() if line.startswith(f"{subnet} ")]
+
+
+@pytest.mark.parametrize("backend", ["vxlan", "host-gw", "udp"])
+def test_three_hosts_pods_reach_each_other(cluster: FlannelCluster, backend: str) -> None:
+    fhs = boot(cluster, {"Type": backend})
+    subnets = [fh.subnet() for fh in fhs]
+    assert len(set(subnets)) == 3 and all(
+        s.subnet_of(ipaddress.IPv4Network("10.244.0.0/16")) for s in subnets)
+    pods = [cluster.add_pod(fh) for fh in fhs]
+    mtu = int(fhs[0].subnet_env()["FLANNEL_MTU"])
+    assert mtu == {"vxlan": 1450, "host-gw": 1500, "udp": 1472}[backend]
+    wait_mesh(pods)
+    servers = {pod.ip: start_echo(cluster.topo, pod.name) for pod in pods}
+    assert servers
+    for src, dst in permutations(pods, 2):
+        out = src.run("ping", "-c", "2", "-i", "0.05", "-W", "2", "-M", "do", "-s",
+                      str(mtu - IP_ICMP), dst.ip, check=False).stdout
+        assert ping_loss(out) == 0.0, f"MTU-sized ICMP {src.ip} -> {dst.ip}:\n{out}"
+        # pod-to-pod is never NATed: the server sees the client pod's own address
+        assert echo(src, dst.ip, 256 * 1024, "tcp") == (src.ip, 256 * 1024)
+        assert echo(src, dst.ip, mtu - IP_ICMP, "udp") == (src.ip, mtu - IP_ICMP)
+    # host-to-pod across hosts, and pod-to-other-host
+    assert echo(fhs[0].host, pods[2].ip, 4096, "tcp")[1] == 4096
+    out = pods[0].run("ping", "-c1", "-W2", fhs[1].host.ip, check=False).stdout
+    assert ping_loss(out) == 0.0, out
+
+
+def test_masquerade_only_leaving_the_pod_network(cluster: FlannelCluster) -> None:
+    fhs = boot(cluster, {"Type": "vxlan"}, 2, "--ip-masq")
+    assert fhs[0].subnet_env()["FLANNEL_IPMASQ"] == "true"
+    pods = [cluster.add_pod(fh) for fh in fhs]
+    wait_mesh(pods)
+    start_echo(cluster.topo, pods[1].name)
+    start_echo(cluster.topo, fhs[1].host.name)
+    assert echo(pods[0], pods[1].ip, 1000, "tcp") == (pods[0].ip, 1000)  # pod-to-pod: as is
+    assert echo(pods[0], pods[1].ip, 1000, "udp") == (pods[0].ip, 1000)
+    # leaving the flannel network: masqueraded to the host's address
+    assert echo(pods[0], fhs[1].host.ip, 1000, "tcp") == (fhs[0].host.ip, 1000)
+    nat = fhs[0].host.run("iptables-save", "-t", "nat").stdout
+    assert "FLANNEL-POSTRTG" in nat, nat
+
+
+def test_fourth_host_joins_within_1s_and_leaves_everywhere(cluster: FlannelCluster) -> None:
+    fhs = boot(cluster, {"Type": "vxlan"})
+    assert cluster.etcd is not None
+    kv = cluster.etcd.kv()
+    before = set(kv.get_prefix(f"{PREFIX}/subnets/"))
+    fourth = cluster.add_host()
+    cluster.start_flanneld(fourth, "--resync-period", RESYNC, wait=False)
+    new: list[str] = []
+    wait_until(lambda: bool(new.extend(set(kv.get_prefix(f"{PREFIX}/subnets/")) - before) or new),
+               20, "the 4th host's lease", 0.005)
+    seen = time.monotonic()
+    subnet = ipaddress.IPv4Network(new[0].rsplit("/", 1)[1].replace("-", "/"))
+    wait_until(lambda: all(peer_routes(fh, subnet) for fh in fhs), 1.0,
+               f"route to {subnet} on every host", 0.01)
+    joined = time.monotonic() - seen
+    cluster.wait_ready(fourth)
+    assert fourth.subnet() == subnet and joined < 1.0
+    mac = link_mac(fourth.host, "flannel.1")
+    # The host leaves: its daemon dies (leases are never deleted by flanneld) and its lease goes.
+    cluster.kill_flanneld(fourth)
+    assert kv.delete(new[0]) == 1
+
+    def gone() -> bool:
+        return all(not peer_routes(fh, subnet)
+                   and mac not in fh.host.run("bridge", "fdb", "show", "dev", "flannel.1").stdout
+                   and mac not in fh.host.run("ip", "neigh", "show", "dev", "flannel.1").stdout
+                   for fh in fhs)
+    wait_until(gone, 5, f"{subnet}'s route, FDB and neighbour removed everywhere")
