@@ -1,10 +1,12 @@
 """The udp backend: a TUN device and user-space encapsulation on UDP/8285 (FL pkg/backend/udp).
 
-Upstream's "debugging only" backend, with the proxy in C.  Here one thread moves packets: an IP
+Upstream's "debugging only" backend, with the proxy in C.  Here two threads move packets: an IP
 packet read from flannel0 is looked up by destination in the subnet -> PublicIP table and sent
 as the payload of a UDP datagram to PublicIP:8285; a datagram received on :8285 is written back
 into flannel0.  The kernel routes the whole flannel Network into flannel0 and our own subnet to
-the local bridge (the longer prefix), so only cross-host traffic reaches the proxy.
+the local bridge (the longer prefix), so only cross-host traffic reaches the proxy.  Unlike the
+C proxy the TTL is not decremented here: each host's kernel already counts the hop when it
+forwards into and out of flannel0.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import select
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flanneld.backend.base import (
@@ -32,7 +34,6 @@ from flanneld.backend.base import (
 DEFAULT_PORT = 8285
 DEVICE = "flannel0"
 UDP_OVERHEAD = 28  # outer IPv4 20 + UDP 8 (the inner packet is carried without an L2 header)
-_BATCH = 64  # packets moved per wake-up before checking the other side again
 
 
 class UdpBackend:
@@ -86,13 +87,15 @@ def udp_desired(network: ipaddress.IPv4Network, own: LeaseLike,
 
 
 class UdpProxy:
-    """The packet mover (one thread).  The peer table is swapped whole, so the thread reads it
-    without a lock."""
+    """The packet mover (a thread per direction).  The peer table is swapped whole, so the
+    threads read it without a lock."""
 
     def __init__(self, tun_fd: int, bind_ip: str, port: int) -> None:
         self.tun_fd = tun_fd
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):  # absorb bursts (capped by *mem_max)
+            self.sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
         self.sock.bind((bind_ip, port))
         self.sock.setblocking(False)
         os.set_blocking(tun_fd, False)
@@ -100,7 +103,12 @@ class UdpProxy:
         self._stopped = False
         # [(prefix mask, {network int: (PublicIP, port)})], longest prefix first.
         self._table: list[tuple[int, dict[int, tuple[str, int]]]] = []
-        self._thread = threading.Thread(target=self._run, name="udp-proxy", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._pump, args=(tun_fd, self._from_tun), name="udp-proxy-tx",
+                             daemon=True),
+            threading.Thread(target=self._pump, args=(self.sock.fileno(), self._from_udp),
+                             name="udp-proxy-rx", daemon=True),
+        ]
         self.sent = self.received = self.dropped = 0
 
     def set_peers(self, tunnels: Mapping[str, str], port: int) -> None:
@@ -112,12 +120,14 @@ class UdpProxy:
                        for plen, nets in sorted(by_len.items(), reverse=True)]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         self._stopped = True
         os.write(self._wake_w, b"x")
-        self._thread.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
         self.sock.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -132,42 +142,43 @@ class UdpProxy:
                 return peer
         return None
 
-    def _run(self) -> None:
-        fds = [self.tun_fd, self.sock.fileno(), self._wake_r]
+    def _pump(self, fd: int, move: Callable[[], bool]) -> None:
+        """Move packets while `fd` has them (`move` False = drained), then sleep in select until
+        it is readable again or stop() pokes the wake pipe.  One thread per direction: the
+        blocking syscalls release the GIL, so both directions progress on two cores."""
+        fds = [fd, self._wake_r]
         while not self._stopped:
             try:
-                ready = select.select(fds, [], [])[0]
-                if self.tun_fd in ready:
-                    self._from_tun()
-                if self.sock.fileno() in ready:
-                    self._from_udp()
+                while move():
+                    pass
+                select.select(fds, [], [])
             except OSError as exc:  # a bad peer address or a vanished TUN must not kill the thread
                 LOG.warning("udp proxy: %s", exc)
 
-    def _from_tun(self) -> None:
-        for _ in range(_BATCH):
-            try:
-                packet = os.read(self.tun_fd, 65535)
-            except BlockingIOError:
-                return
-            peer = self._lookup(packet)
-            if peer is None:
-                self.dropped += 1  # no lease for it: upstream answers ICMP net-unreachable
-                continue
-            try:
-                self.sock.sendto(packet, peer)
-                self.sent += 1
-            except (BlockingIOError, OSError):
-                self.dropped += 1
+    def _from_tun(self) -> bool:
+        try:
+            packet = os.read(self.tun_fd, 65535)
+        except BlockingIOError:
+            return False
+        peer = self._lookup(packet)
+        if peer is None:
+            self.dropped += 1  # no lease for it: upstream answers ICMP net-unreachable
+            return True
+        try:
+            self.sock.sendto(packet, peer)
+            self.sent += 1
+        except OSError:  # EAGAIN (send buffer full) or an unreachable peer: UDP may drop
+            self.dropped += 1
+        return True
 
-    def _from_udp(self) -> None:
-        for _ in range(_BATCH):
-            try:
-                packet = self.sock.recv(65535)
-            except BlockingIOError:
-                return
-            try:
-                os.write(self.tun_fd, packet)
-                self.received += 1
-            except OSError:
-                self.dropped += 1
+    def _from_udp(self) -> bool:
+        try:
+            packet = self.sock.recv(65535)
+        except BlockingIOError:
+            return False
+        try:
+            os.write(self.tun_fd, packet)
+            self.received += 1
+        except OSError:
+            self.dropped += 1
+        return True
