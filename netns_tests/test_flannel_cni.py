@@ -10,14 +10,22 @@ format (the delegate config JSON, `<dataDir>/<containerID>`) is the reference pl
 from __future__ import annotations
 
 import json
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from netns_tests.test_bridge import ping, pod_ip
+from netns_tests.test_cni_daemon import Node
 from podnet import execs, netns
 from podnet.netlink import Netlink
 from podnet.testing import cnirun
 from podnet.testing.harness import Host, Topology
+from podnet.testing.wait import wait_until
 
 NETWORK = "10.244.0.0/16"
 SUBNET = "10.244.1.0/24"
@@ -170,3 +178,38 @@ def test_flanneld_without_ip_masq_makes_the_bridge_masquerade(topo: Topology, cn
         cnirun.call("flannel", "DEL", conf, **kw)
     # The last pod's DEL may take the whole table away: either way, no element is left.
     assert pod_ip(result) not in execs.run(masq, netns=host.name, check=False).stdout
+
+
+@pytest.fixture
+def daemon_node(topo: Topology, cni_bin: Path) -> Iterator[Node]:
+    """A simulated host for the per-node CNI daemon (stopped by recorded PID at the end)."""
+    work = Path(tempfile.mkdtemp(prefix="fldn", dir="/tmp"))  # short: unix socket path limit
+    node = Node(topo, topo.add_host(), cni_bin, work)
+    try:
+        yield node
+    finally:
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.send_signal(signal.SIGTERM)
+            node.proc.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_flannel_through_the_cni_daemon(daemon_node: Node) -> None:
+    """The per-node daemon serves flannel like any plugin: it delegates to bridge in-process."""
+    node = daemon_node
+    node.start_daemon()
+    write_subnet_env(node.work)
+    conf = flannel_conf(node.work, "1.0.0", {"stateDir": str(node.work / "state")})
+    pod = node.topo.add_pod_netns("dm1")
+    kw: dict[str, Any] = {"cni_path": [str(node.cni_bin)], "container_id": "dm1", "netns": pod,
+                          "extra_env": {"PODNET_CNI_SOCKET": node.sock}}
+    with netns.enter(node.host.name):
+        result = cnirun.call("flannel", "ADD", conf, **kw)
+    assert result is not None
+    assert_pod_wired(node.host, pod, result)
+    with netns.enter(node.host.name):
+        cnirun.call("flannel", "DEL", conf, **kw)
+    assert ipam_files(node.work) == [] and cached(node.work) == []
+    # The daemon logs a request after replying to it: the DEL line may trail the reply.
+    wait_until(lambda: "flannel DEL container=dm1" in node.log, timeout=5, what="the DEL log line")
+    assert "flannel ADD container=dm1" in node.log
