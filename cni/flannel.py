@@ -246,13 +246,15 @@ def save_cache(directory: str, container_id: str, conf: dict[str, Any]) -> None:
     os.makedirs(directory, mode=0o700, exist_ok=True)
     target = cache_path(directory, container_id)
     tmp = os.path.join(directory, f".{container_id}.tmp.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, json.dumps(conf, separators=(",", ":")).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, target)
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+            f.write(json.dumps(conf, separators=(",", ":")).encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except OSError:
+        _unlink(tmp)
+        raise
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)

@@ -234,6 +234,14 @@ def test_add_without_subnet_env_fails_with_11_and_caches_nothing(tmp_path: Path,
     assert not (tmp_path / "data").exists() and CALLS == []
 
 
+def test_unwritable_data_dir_is_io_failure_before_any_delegation(tmp_path: Path, fake: Path,
+                                                                  subnet_env: Path) -> None:
+    (tmp_path / "data").write_text("a file, not a directory")
+    code, out = run("ADD", netconf(tmp_path), fake)
+    assert code == 1 and out is not None and out["code"] == skel.IO_FAILURE
+    assert CALLS == []
+
+
 def test_failed_delegate_add_passes_its_error_and_keeps_the_cache_for_del(
         tmp_path: Path, fake: Path, subnet_env: Path) -> None:
     FAIL["ADD"] = skel.CniError(skel.POOL_EXHAUSTED, "no free address")
