@@ -10,8 +10,9 @@ catches anything changed behind our back (a deleted route, a flushed FDB).  Each
   5. converges the FLANNEL-* iptables rules (full syncs, or when our subnet changed), and
   6. writes subnet.env (atomically, only when it changes and only once the above is done).
 
-Peers are not touched until the lease watch has delivered its first snapshot: before that the
-lease cache is empty, and a restart would otherwise delete every route it adopted (a traffic gap).
+Nothing is done until the lease watch has delivered its first snapshot: before that the lease
+cache is empty, so a restart would delete every route it adopted (a traffic gap), and the
+snapshot holds our previous lease, whose VtepMAC a recreated device takes again.
 """
 
 from __future__ import annotations
@@ -123,6 +124,10 @@ class Daemon:
     def _sync(self, full: bool) -> None:
         if self.config is None:
             self.config = self.sm.network_config()
+        if self.own is None and not self.leases_seen.is_set():
+            # The first snapshot holds our previous lease (and its VtepMAC): wait for it.
+            LOG.debug("waiting for the first lease snapshot")
+            return
         if self.own is None or self.sm.own_lease_lost():
             self._acquire()
         data = self.backend.prepare(self.nl, self.opts.public_ip, self.opts.iface)
@@ -131,9 +136,6 @@ class Daemon:
             LOG.info("backend data changed to %s; publishing it", data)
             self.own = self.sm.renew(dataclasses.replace(self.own, backend_data=data))
         self._maybe_renew()
-        if not self.leases_seen.is_set():
-            LOG.debug("waiting for the first lease snapshot before programming peers")
-            return
         failure = self._apply_peers()
         # iptables-save costs a fork per table: lease events (not full) skip it unless our own
         # subnet changed; the periodic full resync re-checks the rules (upstream: every 5 s).
@@ -148,12 +150,22 @@ class Daemon:
     def _acquire(self) -> None:
         previous = (self.own.subnet if self.own is not None
                     else subnetenv.previous_subnet(self.opts.subnet_file))
+        if self.own is None:
+            self._restore_previous()
         data = self.backend.prepare(self.nl, self.opts.public_ip, self.opts.iface)
         lost = self.own is not None
         self.own = self.sm.acquire(self.opts.public_ip, self.backend.type_name, data, previous)
         self.metrics.inc("flannel_lease_acquisitions_total")
         LOG.info("%s lease %s (public IP %s, %s)", "re-acquired" if lost else "acquired",
                  self.own.subnet, self.opts.public_ip, self.backend.type_name)
+
+    def _restore_previous(self) -> None:
+        """Hand the backend our previous lease's data (the one holding our PublicIP: upstream's
+        node identity), so a device recreated after a reboot gets the VtepMAC peers know."""
+        for lease in self.sm.leases().values():
+            if lease.public_ip == self.opts.public_ip and lease.backend_type == self.backend.type_name:
+                self.backend.restore(lease.backend_data)
+                return
 
     def _maybe_renew(self) -> None:
         expiration = self.own.expiration

@@ -143,6 +143,11 @@ class Backend(Protocol):
         """FLANNEL_MTU: what pods may send so the encapsulated packet fits the underlay."""
         ...
 
+    def restore(self, backend_data: Mapping[str, Any]) -> None:
+        """Before the first prepare: the BackendData of our previous lease (vxlan reuses its
+        VtepMAC, so peers' neighbour/FDB entries stay valid across a reboot)."""
+        ...
+
     def prepare(self, nl: NetlinkSeam, own_ip: str, iface: Iface) -> dict[str, Any]:
         """Create/adopt the backend's devices (idempotent); the lease's BackendData."""
         ...

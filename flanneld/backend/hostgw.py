@@ -31,6 +31,9 @@ class HostGwBackend:
     def mtu(self, iface: Iface) -> int:
         return iface.mtu
 
+    def restore(self, backend_data: Mapping[str, Any]) -> None:
+        """host-gw leases carry no BackendData."""
+
     def prepare(self, nl: NetlinkSeam, own_ip: str, iface: Iface) -> dict[str, Any]:
         """Upstream refuses to start when the PublicIP is not the interface's own address (a NATed
         host): peers would route to an address that does not reach us."""

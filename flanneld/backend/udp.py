@@ -47,6 +47,9 @@ class UdpBackend:
     def mtu(self, iface: Iface) -> int:
         return iface.mtu - UDP_OVERHEAD
 
+    def restore(self, backend_data: Mapping[str, Any]) -> None:
+        """udp leases carry no BackendData."""
+
     def prepare(self, nl: NetlinkSeam, own_ip: str, iface: Iface) -> dict[str, Any]:
         """Open flannel0 and start the proxy once; later calls only re-assert MTU and up."""
         if self.proxy is None:

@@ -56,10 +56,15 @@ class VxlanBackend:
     def mtu(self, iface: Iface) -> int:
         return iface.mtu - VXLAN_OVERHEAD
 
+    def restore(self, backend_data: Mapping[str, Any]) -> None:
+        mac = backend_data.get("VtepMAC")
+        if isinstance(mac, str) and mac and int(backend_data.get("VNI") or DEFAULT_VNI) == self.vni:
+            self._mac = mac.lower()
+
     def prepare(self, nl: NetlinkSeam, own_ip: str, iface: Iface) -> dict[str, Any]:
         """Create or adopt flannel.<VNI> (the netlink seam recreates it when VNI, port or local
-        address differ) and keep its MAC stable: previous lease's MAC, else the existing
-        device's, else a fresh random one."""
+        address differ) and keep its MAC stable: our previous lease's (restore()), else the
+        existing device's, else a fresh random one."""
         self.iface = iface
         if self._mac is None:
             existing = nl.get_link(self.device)

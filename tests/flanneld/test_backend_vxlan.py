@@ -163,3 +163,14 @@ def test_one_failing_peer_does_not_stop_the_others(nl):
     with pytest.raises(ApplyError, match=r"10\.244\.2\.0/24"):
         backend.apply(nl, backend.desired(own, table(own, B, C)))
     assert "10.244.3.0/24" in nl.routes
+
+
+def test_restore_takes_the_previous_lease_mac_over_the_existing_device(nl):
+    prepared(nl)
+    backend = VxlanBackend({"Type": "vxlan"})
+    backend.restore({"VNI": 1, "VtepMAC": "0E:00:00:00:00:77"})
+    assert backend.prepare(nl, "10.250.0.2", IFACE)["VtepMAC"] == "0e:00:00:00:00:77"
+    assert nl.links["flannel.1"].mac == "0e:00:00:00:00:77"
+    other_vni = VxlanBackend({"Type": "vxlan", "VNI": 2})
+    other_vni.restore({"VNI": 1, "VtepMAC": "0e:00:00:00:00:77"})
+    assert other_vni.prepare(nl, "10.250.0.2", IFACE)["VtepMAC"] != "0e:00:00:00:00:77"

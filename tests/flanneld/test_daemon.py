@@ -48,16 +48,15 @@ def world(tmp_path):
     return nl, sm, ipt, opts, clock, make
 
 
-def test_peers_and_subnet_env_wait_for_the_first_lease_snapshot(world):
+def test_everything_waits_for_the_first_lease_snapshot(world):
     nl, sm, ipt, opts, _, make = world
     d = make()
     d.sync()
-    assert sm.own is not None and "flannel.1" in nl.links
-    assert sm.acquired[0][:2] == ("10.250.0.2", "vxlan")
-    assert sm.acquired[0][2]["VtepMAC"] == nl.links["flannel.1"].mac
-    assert not nl.routes and not d.ready.is_set()
+    assert sm.own is None and not nl.calls and not d.ready.is_set()
     d.on_leases_changed()
     d.sync()
+    assert sm.acquired[0][:2] == ("10.250.0.2", "vxlan")
+    assert sm.acquired[0][2]["VtepMAC"] == nl.links["flannel.1"].mac
     assert nl.routes["10.244.2.0/24"].proto == ROUTE_PROTO
     assert subnetenv.read(opts.subnet_file) == {
         "FLANNEL_NETWORK": "10.244.0.0/16", "FLANNEL_SUBNET": "10.244.1.1/24",
@@ -233,3 +232,14 @@ def test_lease_events_skip_iptables_full_resyncs_repair_it(world):
     d.sync(full=True)
     assert calls and len(ipt.restores) == restores + 2
     assert "-j FLANNEL-POSTRTG" in saves("nat").split("COMMIT")[0]
+
+
+def test_reboot_recreates_the_device_with_the_mac_of_our_previous_lease(world):
+    nl, sm, _, _, _, make = world
+    sm.put(lease("10.244.1.0/24", "10.250.0.2", mac="0e:00:00:00:00:aa"))  # ours, from before
+    sm.put(lease("10.244.9.0/24", "10.250.0.2", "host-gw"))  # ours too, but another backend
+    d = make()
+    d.on_leases_changed()
+    d.sync()
+    assert nl.links["flannel.1"].mac == "0e:00:00:00:00:aa"
+    assert sm.acquired[0][2] == {"VNI": 1, "VtepMAC": "0e:00:00:00:00:aa"}
