@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         opts = Options(public_ip=args.public_ip or iface.ip, iface=iface, subnet_file=args.subnet_file,
                        ip_masq=args.ip_masq, forward=args.iptables_forward_rules == "true",
                        renew_margin=args.subnet_lease_renew_margin * 60.0,
-                       resync_period=args.resync_period)
+                       resync_period=args.resync_period, watch_kernel=True)
         metrics = Metrics()
         daemon = Daemon(sm, backend, nl, Iptables(4), opts, metrics=metrics)
         daemon.config = config

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from flanneld import masq, subnetenv
 from flanneld.backend.base import ApplyError, Backend, Iface, LeaseLike, NetlinkSeam
+from flanneld.kernelwatch import KernelWatch
 from podnet.log import get_logger
 from podnet.metrics import Metrics
 from podnet.reconcile import Runner
@@ -62,6 +63,7 @@ class Options:
     renew_margin: float = 3600.0  # upstream --subnet-lease-renew-margin 60 (minutes)
     resync_period: float = 10.0  # upstream host-gw routeCheck period
     min_sync_interval: float = 0.02
+    watch_kernel: bool = False  # wake on deletions of owned kernel objects (kernelwatch)
 
 
 def describe_metrics(metrics: Metrics) -> None:
@@ -99,6 +101,7 @@ class Daemon:
         self.leases_seen = threading.Event()  # the watch delivered its first snapshot
         self._problems: tuple[str, ...] = ()
         self._masq_for: ipaddress.IPv4Network | None = None  # subnet the rules were last made for
+        self.kernel_watch: KernelWatch | None = None
 
     # ------------------------------------------------------------------ the watch side
     def on_leases_changed(self, runner: Runner | None = None) -> None:
@@ -189,6 +192,7 @@ class Daemon:
             for problem in desired.problems:
                 LOG.error("%s", problem)
             self._problems = desired.problems
+        self._watch_devices(desired.devices + tuple(desired.addresses))
         try:
             applied = self.backend.apply(self.nl, desired)
         except ApplyError as exc:
@@ -197,6 +201,16 @@ class Daemon:
             self.metrics.inc("flannel_reconcile_changes_total", len(applied.added) + len(applied.removed))
             LOG.info("dataplane: +%s -%s", applied.added, applied.removed)
         return None
+
+    def _watch_devices(self, names: tuple[str, ...]) -> None:
+        if self.kernel_watch is None:
+            return
+        devices = {}
+        for name in names:
+            link = self.nl.get_link(name)
+            if link is not None:
+                devices[name] = link.index
+        self.kernel_watch.set_devices(devices)
 
     def _write_subnet_env(self) -> None:
         env = subnetenv.SubnetEnv(self.config.network, self.own.subnet,
@@ -222,6 +236,10 @@ class Daemon:
         stopper = threading.Thread(target=stopper_main, name="stopper", daemon=True)
         watch.start()
         stopper.start()
+        if self.opts.watch_kernel:
+            self.kernel_watch = KernelWatch(runner.request)
+            threading.Thread(target=self.kernel_watch.run, args=(stop,), name="kernel-watch",
+                             daemon=True).start()
         try:
             runner.run_forever()
         finally:

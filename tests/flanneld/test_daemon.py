@@ -243,3 +243,28 @@ def test_reboot_recreates_the_device_with_the_mac_of_our_previous_lease(world):
     d.sync()
     assert nl.links["flannel.1"].mac == "0e:00:00:00:00:aa"
     assert sm.acquired[0][2] == {"VNI": 1, "VtepMAC": "0e:00:00:00:00:aa"}
+
+
+def test_kernel_events_that_wake_a_sync():
+    from flanneld.kernelwatch import touches_ours
+    from podnet import netlink, rtnl
+
+    names, indexes = frozenset({"flannel.1"}), frozenset({5})
+
+    def route(proto):
+        return netlink.route_body("10.244.2.0/24", gateway="10.244.2.0", oif=5, scope=None, table=None,
+                                  priority=None, extra={"proto": proto})
+
+    def link(name):
+        return rtnl.ifinfomsg(index=5) + rtnl.attr_str(rtnl.IFLA_IFNAME, name)
+
+    assert touches_ours(rtnl.RTM_DELROUTE, route(ROUTE_PROTO), names, indexes)
+    assert not touches_ours(rtnl.RTM_DELROUTE, route(4), names, indexes)  # someone else's
+    assert not touches_ours(rtnl.RTM_NEWROUTE, route(ROUTE_PROTO), names, indexes)
+    neigh = netlink.neigh_body(2, 5, ip="10.244.2.0", mac="0e:00:00:00:00:02")
+    assert touches_ours(rtnl.RTM_DELNEIGH, neigh, names, indexes)
+    pod_arp = netlink.neigh_body(2, 7, ip="10.244.1.5", mac="0e:00:00:00:00:05")  # cni0 churn
+    assert not touches_ours(rtnl.RTM_DELNEIGH, pod_arp, names, indexes)
+    assert touches_ours(rtnl.RTM_DELADDR, netlink.addr_body(5, "10.244.1.0/32", delete=True), names, indexes)
+    assert touches_ours(rtnl.RTM_DELLINK, link("flannel.1"), names, indexes)
+    assert not touches_ours(rtnl.RTM_DELLINK, link("veth1234"), names, indexes)
