@@ -72,8 +72,7 @@ def describe_metrics(metrics: Metrics) -> None:
         ("flannel_routes", "gauge", "Routes flanneld wants in the kernel"),
         ("flannel_reconcile_total", "counter", "Dataplane syncs run"),
         ("flannel_reconcile_errors_total", "counter", "Dataplane syncs that failed (retried with backoff)"),
-        ("flannel_reconcile_duration_seconds", "gauge", "Duration of the last dataplane sync"),
-        ("flannel_reconcile_duration_seconds_sum", "counter", "Total time spent in dataplane syncs"),
+        ("flannel_reconcile_duration_seconds", "summary", "Duration of dataplane syncs"),
         ("flannel_reconcile_changes_total", "counter", "Kernel entries added or removed by syncs"),
         ("flannel_peer_errors", "gauge", "Peers that could not be programmed (e.g. host-gw off-L2)"),
         ("flannel_lease_renewals_total", "counter", "Own lease renewals"),
@@ -120,9 +119,7 @@ class Daemon:
             self.metrics.inc("flannel_reconcile_errors_total")
             raise
         finally:
-            took = time.monotonic() - started
-            self.metrics.set("flannel_reconcile_duration_seconds", took)
-            self.metrics.inc("flannel_reconcile_duration_seconds_sum", took)
+            self.metrics.observe("flannel_reconcile_duration_seconds", time.monotonic() - started)
 
     def _sync(self, full: bool) -> None:
         if self.config is None:

@@ -28,11 +28,23 @@ class Metrics:
         self._values: dict[str, dict[Labels, float]] = {}
         self._meta: dict[str, tuple[str, str]] = {}  # name -> (type, help)
 
-    def describe(self, name: str, kind: str, help_text: str) -> None:
-        """Declare a metric (kind: "counter" or "gauge") so it renders even before a value."""
+    def describe(self, name: str, kind: str, help_text: str, *, labelled: bool = False) -> None:
+        """Declare a metric (kind: "counter", "gauge" or "summary"); an unlabelled one starts
+        at 0, so scrapes see it before the first event."""
         with self._lock:
             self._meta[name] = (kind, help_text)
-            self._values.setdefault(name, {})
+            series = self._values.setdefault(name, {})
+            if not labelled and kind != "summary":
+                series.setdefault((), 0.0)
+            if kind == "summary":
+                for part in ("_sum", "_count"):
+                    self._values.setdefault(name + part, {}).setdefault((), 0.0)
+                    self._meta[name + part] = ("", "")
+
+    def observe(self, name: str, value: float) -> None:
+        """One observation of a summary (rendered as <name>_sum and <name>_count)."""
+        self.inc(name + "_sum", value)
+        self.inc(name + "_count")
 
     def inc(self, name: str, by: float = 1.0, labels: Mapping[str, str] | None = None) -> None:
         with self._lock:
@@ -55,7 +67,8 @@ class Metrics:
                 kind, help_text = self._meta.get(name, ("untyped", ""))
                 if help_text:
                     lines.append(f"# HELP {name} {help_text}")
-                lines.append(f"# TYPE {name} {kind}")
+                if kind:  # "" = a summary's _sum/_count, typed by the summary's line
+                    lines.append(f"# TYPE {name} {kind}")
                 for labels, value in sorted(self._values[name].items()):
                     text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
                     lines.append(f"{name}{{{text}}} {value:g}" if text else f"{name} {value:g}")

@@ -198,6 +198,10 @@ def test_metrics_server_healthz_readyz_metrics():
     metrics.describe("flannel_leases", "gauge", "Leases known")
     metrics.set("flannel_leases", 3)
     metrics.inc("flannel_errors_total", labels={"kind": 'a"b'})
+    metrics.describe("flannel_renewals_total", "counter", "Renewals")
+    metrics.describe("flannel_sync_seconds", "summary", "Sync time")
+    metrics.observe("flannel_sync_seconds", 0.25)
+    metrics.observe("flannel_sync_seconds", 0.5)
     ready = threading.Event()
     server = MetricsServer("127.0.0.1", 0, metrics, ready.is_set).start()
     base = f"http://127.0.0.1:{server.port}"
@@ -211,6 +215,9 @@ def test_metrics_server_healthz_readyz_metrics():
         text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
         assert "# TYPE flannel_leases gauge\nflannel_leases 3\n" in text
         assert 'flannel_errors_total{kind="a\\"b"} 1' in text
+        assert "# TYPE flannel_renewals_total counter\nflannel_renewals_total 0\n" in text
+        assert ("# TYPE flannel_sync_seconds summary\nflannel_sync_seconds_count 2\n"
+                "flannel_sync_seconds_sum 0.75\n") in text
     finally:
         server.stop()
     json.dumps(metrics.render())
