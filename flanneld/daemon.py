@@ -11,8 +11,7 @@ catches anything changed behind our back (a deleted route, a flushed FDB).  Each
   6. writes subnet.env (atomically, only when it changes and only once the above is done).
 
 Nothing is done until the lease watch has delivered its first snapshot: before that the lease
-cache is empty, so a restart would delete every route it adopted (a traffic gap), and the
-snapshot holds our previous lease, whose VtepMAC a recreated device takes again.
+cache is empty, so a restart would delete every route it adopted (a traffic gap).
 """
 
 from __future__ import annotations
@@ -47,6 +46,7 @@ class SubnetManager(Protocol):
     def network_config(self) -> Any: ...
     def acquire(self, public_ip: str, backend_type: str, backend_data: dict[str, Any],
                 previous: ipaddress.IPv4Network | None) -> Any: ...
+    def stored_backend_data(self, public_ip: str, backend_type: str) -> dict[str, Any]: ...
     def renew(self, lease: Any) -> Any: ...
     def leases(self) -> Mapping[ipaddress.IPv4Network, Any]: ...
     def run_watch(self, on_change: Callable[[], None], stop: threading.Event) -> None: ...
@@ -125,7 +125,8 @@ class Daemon:
         if self.config is None:
             self.config = self.sm.network_config()
         if self.own is None and not self.leases_seen.is_set():
-            # The first snapshot holds our previous lease (and its VtepMAC): wait for it.
+            # Peers are programmed from the lease cache: an empty one (before the snapshot)
+            # would garbage-collect every route a restart adopted.
             LOG.debug("waiting for the first lease snapshot")
             return
         if self.own is None or self.sm.own_lease_lost():
@@ -160,12 +161,12 @@ class Daemon:
                  self.own.subnet, self.opts.public_ip, self.backend.type_name)
 
     def _restore_previous(self) -> None:
-        """Hand the backend our previous lease's data (the one holding our PublicIP: upstream's
-        node identity), so a device recreated after a reboot gets the VtepMAC peers know."""
-        for lease in self.sm.leases().values():
-            if lease.public_ip == self.opts.public_ip and lease.backend_type == self.backend.type_name:
-                self.backend.restore(lease.backend_data)
-                return
+        """Hand the backend what this host last published (etcd: the lease holding our PublicIP,
+        upstream's node identity; kube: our Node's annotations), so a device recreated after a
+        reboot gets the VtepMAC peers know (upstream GetStoredMacAddresses, PR #1946)."""
+        data = self.sm.stored_backend_data(self.opts.public_ip, self.backend.type_name)
+        if data:
+            self.backend.restore(data)
 
     def _maybe_renew(self) -> None:
         expiration = self.own.expiration

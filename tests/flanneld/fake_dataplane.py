@@ -233,6 +233,12 @@ class FakeSubnetManager:
         self.table[subnet] = self.own
         return self.own
 
+    def stored_backend_data(self, public_ip: str, backend_type: str) -> dict[str, Any]:
+        for lease in self.table.values():
+            if lease.public_ip == public_ip and lease.backend_type == backend_type:
+                return dict(lease.backend_data)
+        return {}
+
     def renew(self, lease: L) -> L:
         if self.fail_renew:
             raise OSError("etcd unavailable")
