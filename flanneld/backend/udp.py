@@ -15,6 +15,7 @@ import ipaddress
 import os
 import select
 import socket
+import struct
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -72,6 +73,10 @@ class UdpBackend:
     def apply(self, nl: NetlinkSeam, desired: Desired) -> Applied:
         if self.proxy is not None:
             self.proxy.set_peers(desired.tunnels, self.port)
+            # Not flannel0's own address: the kernel drops a packet arriving with a local source.
+            # The Network's first address is no host's (SubnetMin skips the first subnet) and
+            # routes back through flannel0, so strict rp_filter accepts it too.
+            self.proxy.icmp_source = str(self.network.network_address)
         return apply_desired(nl, desired)
 
     def close(self) -> None:
@@ -113,6 +118,7 @@ class UdpProxy:
                              name="udp-proxy-rx", daemon=True),
         ]
         self.sent = self.received = self.dropped = 0
+        self.icmp_source = ""  # the source address of our ICMP errors ("" = send none)
 
     def set_peers(self, tunnels: Mapping[str, str], port: int) -> None:
         by_len: dict[int, dict[int, tuple[str, int]]] = {}
@@ -165,7 +171,10 @@ class UdpProxy:
             return False
         peer = self._lookup(packet)
         if peer is None:
-            self.dropped += 1  # no lease for it: upstream answers ICMP net-unreachable
+            self.dropped += 1
+            error = net_unreachable(packet, self.icmp_source) if self.icmp_source else None
+            if error is not None:  # as upstream's proxy: the sender fails at once, not by timeout
+                os.write(self.tun_fd, error)
             return True
         try:
             self.sock.sendto(packet, peer)
@@ -185,3 +194,33 @@ class UdpProxy:
         except OSError:
             self.dropped += 1
         return True
+
+
+def _checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071)."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def net_unreachable(packet: bytes, source: str) -> bytes | None:
+    """ICMP destination unreachable / net unreachable (type 3 code 0) for an IPv4 `packet`, from
+    `source`, quoting its header + 8 bytes; None where RFC 1122 3.2.2 forbids an error: for an
+    ICMP error, a non-first fragment, or a packet too short to be IPv4."""
+    if len(packet) < 20 or packet[0] >> 4 != 4:
+        return None
+    ihl = (packet[0] & 0x0F) * 4
+    if int.from_bytes(packet[6:8], "big") & 0x1FFF:  # fragment offset: not the first fragment
+        return None
+    if packet[9] == 1 and len(packet) > ihl and packet[ihl] not in (0, 8):  # an ICMP error itself
+        return None
+    quoted = packet[:ihl + 8]
+    icmp = bytearray(b"\x03\x00\x00\x00\x00\x00\x00\x00" + quoted)
+    icmp[2:4] = _checksum(bytes(icmp)).to_bytes(2, "big")
+    header = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 0, 0, 64, 1, 0,
+                                   socket.inet_aton(source), packet[12:16]))
+    header[10:12] = _checksum(bytes(header)).to_bytes(2, "big")
+    return bytes(header) + bytes(icmp)

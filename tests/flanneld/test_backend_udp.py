@@ -5,7 +5,7 @@ import struct
 import pytest
 
 from flanneld.backend.base import Iface, RouteSpec
-from flanneld.backend.udp import UdpBackend, UdpProxy, udp_desired
+from flanneld.backend.udp import UdpBackend, UdpProxy, _checksum, net_unreachable, udp_desired
 from podnet.testing.wait import wait_until
 from tests.flanneld.fake_dataplane import lease
 
@@ -77,3 +77,29 @@ def test_longest_prefix_wins():
     UdpProxy.set_peers(proxy, {"10.244.0.0/16": "1.1.1.1", "10.244.2.0/24": "2.2.2.2"}, 8285)
     assert proxy._lookup(ip_packet("10.244.1.5", "10.244.2.9", b"")) == ("2.2.2.2", 8285)
     assert proxy._lookup(ip_packet("10.244.1.5", "10.244.3.9", b"")) == ("1.1.1.1", 8285)
+
+
+def test_no_lease_answers_icmp_net_unreachable_into_the_tun(pair):
+    (a, a_tun, _), _ = pair
+    a.icmp_source = "10.244.0.0"
+    a.set_peers({}, 9)
+    sent = ip_packet("10.244.1.5", "10.244.77.1", b"12345678rest")
+    a_tun.send(sent)
+    a_tun.settimeout(5)
+    error = a_tun.recv(65535)
+    assert error[9] == 1 and error[12:16] == socket.inet_aton("10.244.0.0")
+    assert error[16:20] == socket.inet_aton("10.244.1.5")
+    assert error[20:22] == b"\x03\x00" and error[28:] == sent[:28]
+    assert _checksum(error[:20]) == 0 and _checksum(error[20:]) == 0
+
+
+def test_no_icmp_error_about_an_icmp_error_or_a_fragment():
+    icmp_error = ip_packet("10.244.1.5", "10.244.77.1", b"\x03\x01" + b"\x00" * 6)
+    icmp_error = icmp_error[:9] + b"\x01" + icmp_error[10:]
+    assert net_unreachable(icmp_error, "10.244.1.0") is None
+    fragment = bytearray(ip_packet("10.244.1.5", "10.244.77.1", b"x" * 8))
+    fragment[6:8] = (185).to_bytes(2, "big")
+    assert net_unreachable(bytes(fragment), "10.244.1.0") is None
+    ping = ip_packet("10.244.1.5", "10.244.77.1", b"\x08\x00" + b"\x00" * 6)
+    ping = ping[:9] + b"\x01" + ping[10:]
+    assert net_unreachable(ping, "10.244.1.0") is not None
