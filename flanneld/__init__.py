@@ -1,1 +1,2 @@
-"""flanneld — not built yet (see the open issues)."""
+"""flanneld: a per-host subnet leaser (etcd or Kubernetes API backed) with vxlan, host-gw and udp
+backends, programming the kernel through podnet's netlink/xtables seams (`podnet-flanneld`)."""
