@@ -10,18 +10,13 @@ sync, which finds nothing to do.
 
 from __future__ import annotations
 
-import _socket as socket
-import select
 import threading
 from collections.abc import Callable
 
 from flanneld.backend.base import ROUTE_PROTO
 from podnet import netlink, rtnl
 
-RTMGRP_NEIGH = 0x4
-RTMGRP_IPV4_IFADDR = 0x10
-RTMGRP_IPV4_ROUTE = 0x40
-GROUPS = rtnl.RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
+GROUPS = netlink.RTMGRP_LINK | netlink.RTMGRP_NEIGH | netlink.RTMGRP_IPV4_IFADDR | netlink.RTMGRP_IPV4_ROUTE
 
 
 def touches_ours(msg_type: int, payload: bytes, names: frozenset[str], indexes: frozenset[int]) -> bool:
@@ -50,21 +45,13 @@ class KernelWatch:
         self.names, self.indexes = frozenset(devices), frozenset(devices.values())
 
     def run(self, stop: threading.Event) -> None:
-        """Until `stop`; the socket is opened here, in the daemon's own network namespace."""
-        sock = rtnl.Socket(groups=GROUPS)
-        try:
-            while not stop.is_set():
-                if not select.select([sock], [], [], 0.5)[0]:
-                    continue
-                try:
-                    msgs = sock.recv_messages(socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    continue
-                except OSError:  # ENOBUFS: events were lost; a sync re-reads everything
-                    self.on_change()
-                    continue
-                names, indexes = self.names, self.indexes
-                if any(touches_ours(m.type, m.payload, names, indexes) for m in msgs):
-                    self.on_change()
-        finally:
-            sock.close()
+        """Until `stop`; the subscription is made here, in the daemon's own network namespace."""
+        netlink.listen(GROUPS, stop, self._on_messages)
+
+    def _on_messages(self, msgs: list[rtnl.Message] | None) -> None:
+        if msgs is None:  # ENOBUFS: events were lost; a sync re-reads everything
+            self.on_change()
+            return
+        names, indexes = self.names, self.indexes
+        if any(touches_ours(m.type, m.payload, names, indexes) for m in msgs):
+            self.on_change()

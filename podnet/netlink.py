@@ -22,7 +22,7 @@ import select
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -39,6 +39,7 @@ RT_SCOPE_LINK = rtnl.RT_SCOPE_LINK
 RT_SCOPE_HOST = rtnl.RT_SCOPE_HOST
 IFF_PROMISC = rtnl.IFF_PROMISC
 RTMGRP_LINK = rtnl.RTMGRP_LINK
+RTMGRP_NEIGH, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x4, 0x10, 0x40  # rtnetlink multicast groups
 NETLINK_ROUTE = rtnl.NETLINK_ROUTE
 AF_INET, AF_INET6 = rtnl.AF_INET, rtnl.AF_INET6  # address families, for list_addrs/list_routes
 # IFLA_BRPORT_MODE is the hairpin flag ("hairpin on" in `bridge -d link`).
@@ -877,3 +878,25 @@ class Netlink:
         msgs = self._dump("list routes", rtnl.RTM_GETROUTE, rtnl.rtmsg(family, table=0))
         routes = [parse_route(p) for p in rtnl.payloads_of(msgs, rtnl.RTM_NEWROUTE)]
         return [r for r in routes if table is None or r.table == table]
+
+
+def listen(groups: int, stop: threading.Event,
+           on_messages: Callable[[list[rtnl.Message] | None], None]) -> None:
+    """Deliver rtnetlink multicast events of `groups` (RTMGRP_*) in the calling thread's netns until
+    `stop`: each batch as (type, payload) messages, or None when the kernel dropped events (ENOBUFS:
+    the caller must re-read everything)."""
+    sock = rtnl.Socket(groups=groups)
+    try:
+        while not stop.is_set():
+            if not select.select([sock], [], [], 0.5)[0]:
+                continue
+            try:
+                msgs = sock.recv_messages(socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            except OSError:
+                on_messages(None)
+                continue
+            on_messages(msgs)
+    finally:
+        sock.close()
