@@ -27,6 +27,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -50,6 +51,7 @@ from netns_tests.flannel_fixtures import (  # noqa: E402
     gateway_of,
     pod_subnet,
 )
+from podnet.testing.etcd import ETCD  # noqa: E402
 from podnet.testing.harness import Pod, Topology  # noqa: E402
 from podnet.testing.wait import wait_until  # noqa: E402
 
@@ -377,6 +379,8 @@ def main() -> int:
     p.add_argument("--samples", type=int, default=5, help="new leases per convergence run")
     p.add_argument("--write", type=Path)
     args = p.parse_args()
+    if os.geteuid() != 0 or not shutil.which("iperf3") or not os.path.exists(ETCD):
+        sys.exit("needs root, iperf3 (apt-get install iperf3) and /usr/bin/etcd (etcd-server)")
     modes = [m for m in args.modes.split(",") if m]
     results = {m: Sample() for m in modes}
     with tempfile.TemporaryDirectory(prefix="flannel-bench-") as tmp:

@@ -9,6 +9,7 @@ network; a 4th host's routes everywhere within 1 s and gone everywhere when its 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -26,6 +27,8 @@ from netns_tests.flannel_fixtures import (
     ping_loss,
     start_echo,
 )
+from podnet import execs, netns
+from podnet.testing import cnirun
 from podnet.testing.etcd import ETCD
 from podnet.testing.harness import Pod, Topology
 from podnet.testing.wait import wait_until
@@ -129,9 +132,12 @@ def test_fourth_host_joins_within_1s_and_leaves_everywhere(cluster: FlannelClust
     cluster.wait_ready(fourth)
     assert fourth.subnet() == subnet and joined < 1.0
     mac = link_mac(fourth.host, "flannel.1")
-    # The host leaves: its daemon dies (leases are never deleted by flanneld) and its lease goes.
+    # The host leaves: its daemon dies (flanneld never deletes its own lease) and the lease
+    # expires; revoking its etcd lease is that expiry, seen by the watchers as a DELETE.
     cluster.kill_flanneld(fourth)
-    assert kv.delete(new[0]) == 1
+    etcd_lease = kv.lease_of(new[0])
+    assert etcd_lease  # flanneld attaches its key to an etcd lease (24 h TTL)
+    kv.revoke(etcd_lease)
 
     def gone() -> bool:
         return all(not peer_routes(fh, subnet)
@@ -139,3 +145,45 @@ def test_fourth_host_joins_within_1s_and_leaves_everywhere(cluster: FlannelClust
                    and mac not in fh.host.run("ip", "neigh", "show", "dev", "flannel.1").stdout
                    for fh in fhs)
     wait_until(gone, 5, f"{subnet}'s route, FDB and neighbour removed everywhere")
+
+    # A lease deleted outright (an operator's `etcdctl del`) goes the same way.
+    key = f"{PREFIX}/subnets/10.244.250.0-24"
+    kv.put(key, json.dumps({"PublicIP": "10.250.0.250", "BackendType": "vxlan",
+                            "BackendData": {"VNI": 1, "VtepMAC": "0e:00:00:00:03:01"}}))
+    other = ipaddress.IPv4Network("10.244.250.0/24")
+    wait_until(lambda: all(peer_routes(fh, other) for fh in fhs), 5, "the operator's lease")
+    assert kv.delete(key) == 1
+    wait_until(lambda: not any(peer_routes(fh, other) for fh in fhs), 5, "deleted lease's route")
+
+
+def test_flannel_cni_plugin_on_flanneld_subnet_env(cluster: FlannelCluster, cni_bin: Path,
+                                                   tmp_path: Path) -> None:
+    """The whole node path: flanneld writes subnet.env, the installed `flannel` CNI plugin (exec'd
+    in the host namespace as a runtime would) wires pods from it, pods on two hosts talk."""
+    fhs = boot(cluster, {"Type": "vxlan"}, 2)
+    pods: list[tuple[str, str]] = []  # (pod netns, its address)
+    for fh in fhs:
+        d = tmp_path / f"cni-{fh.host.name}"
+        conf = {"cniVersion": "1.0.0", "name": "cbr0", "type": "flannel",
+                "subnetFile": str(fh.subnet_file), "dataDir": str(d / "flannel"),
+                "ipam": {"dataDir": str(d / "ipam")},
+                "delegate": {"hairpinMode": True, "isDefaultGateway": True,
+                             "stateDir": str(d / "state")}}
+        runtime = cnirun.Runtime({"cniVersion": "1.0.0", "name": "cbr0", "plugins": [conf]},
+                                 [str(cni_bin)])
+        att = cnirun.Attachment(container_id=f"c{fh.host.name[-1]}",
+                                netns=cluster.topo.add_pod_netns(f"{fh.host.name[-2:]}c"))
+        with netns.enter(fh.host.name):
+            result = runtime.add(att)
+        ip = result["ips"][0]["address"].split("/")[0]
+        assert ipaddress.IPv4Address(ip) in fh.subnet()
+        mtu = execs.run(["ip", "-j", "link", "show", "eth0"], netns=att.netns).stdout
+        assert json.loads(mtu)[0]["mtu"] == int(fh.subnet_env()["FLANNEL_MTU"])
+        pods.append((att.netns, ip))
+    a_ns, b_ip = pods[0][0], pods[1][1]
+    wait_until(lambda: execs.run(["ping", "-c1", "-W1", b_ip], netns=a_ns,
+                                 check=False).returncode == 0, 10, "CNI pod to CNI pod")
+    out = execs.run(["ping", "-c", "2", "-i", "0.05", "-M", "do", "-s",
+                     str(int(fhs[0].subnet_env()["FLANNEL_MTU"]) - IP_ICMP), b_ip],
+                    netns=a_ns, check=False).stdout
+    assert ping_loss(out) == 0.0, out
