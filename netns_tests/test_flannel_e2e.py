@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from itertools import permutations
@@ -186,4 +187,54 @@ def test_flannel_cni_plugin_on_flanneld_subnet_env(cluster: FlannelCluster, cni_
     out = execs.run(["ping", "-c", "2", "-i", "0.05", "-M", "do", "-s",
                      str(int(fhs[0].subnet_env()["FLANNEL_MTU"]) - IP_ICMP), b_ip],
                     netns=a_ns, check=False).stdout
+    assert ping_loss(out) == 0.0, out
+
+
+def http_get(fh: FlannelHost, url: str) -> tuple[int, str]:
+    """GET from inside the host's namespace (the daemon listens there)."""
+    script = ("import sys,urllib.request,urllib.error\n"
+              "try:\n r=urllib.request.urlopen(sys.argv[1],timeout=3); print(r.status); "
+              "print(r.read().decode())\n"
+              "except urllib.error.HTTPError as e:\n print(e.code)\n")
+    out = fh.host.run(sys.executable, "-c", script, url).stdout
+    status, _, body = out.partition("\n")
+    return int(status), body
+
+
+def test_host_gw_refuses_off_l2_peer_and_reports_it(cluster: FlannelCluster) -> None:
+    fhs = boot(cluster, {"Type": "host-gw"}, 2, "--healthz-port", "8471")
+    assert cluster.etcd is not None
+    # A peer whose PublicIP is not on eth0's subnet: host-gw cannot reach it without a tunnel.
+    cluster.etcd.kv().put(f"{PREFIX}/subnets/10.244.251.0-24", json.dumps(
+        {"PublicIP": "192.168.77.5", "BackendType": "host-gw", "BackendData": {}}))
+    far = ipaddress.IPv4Network("10.244.251.0/24")
+    wait_until(lambda: "flannel_peer_errors 1" in http_get(fhs[0], "http://127.0.0.1:8471/metrics")[1],
+               5, "the off-L2 peer counted as a problem")
+    assert not peer_routes(fhs[0], far)
+    assert "not on the same L2" in cluster.log_tail(fhs[0])
+    # The on-L2 peer is still routed directly via its PublicIP, and the daemon is healthy/ready.
+    assert f"via {fhs[1].host.ip} dev eth0" in peer_routes(fhs[0], fhs[1].subnet())[0]
+    assert http_get(fhs[0], "http://127.0.0.1:8471/healthz")[0] == 200
+    assert http_get(fhs[0], "http://127.0.0.1:8471/readyz")[0] == 200
+    metrics = http_get(fhs[0], "http://127.0.0.1:8471/metrics")[1]
+    assert "flannel_leases 3" in metrics and "flannel_reconcile_total" in metrics, metrics
+
+
+def test_vxlan_direct_routing_uses_plain_routes_on_the_same_l2(cluster: FlannelCluster) -> None:
+    fhs = boot(cluster, {"Type": "vxlan", "DirectRouting": True}, 2)
+    assert cluster.etcd is not None
+    cluster.etcd.kv().put(f"{PREFIX}/subnets/10.244.252.0-24", json.dumps(
+        {"PublicIP": "192.168.78.5", "BackendType": "vxlan",
+         "BackendData": {"VNI": 1, "VtepMAC": "0e:00:00:00:04:01"}}))
+    wait_until(lambda: bool(peer_routes(fhs[0], ipaddress.IPv4Network("10.244.252.0/24"))), 5,
+               "the off-L2 peer's route")
+    same_l2 = peer_routes(fhs[0], fhs[1].subnet())[0]
+    assert f"via {fhs[1].host.ip} dev eth0" in same_l2, same_l2  # no encapsulation on one L2
+    far = peer_routes(fhs[0], ipaddress.IPv4Network("10.244.252.0/24"))[0]
+    assert "dev flannel.1" in far and "onlink" in far, far  # across L3: still vxlan
+    pods = [cluster.add_pod(fh) for fh in fhs]
+    wait_mesh(pods)
+    out = pods[0].run("ping", "-c", "2", "-i", "0.05", "-M", "do", "-s",
+                      str(int(fhs[0].subnet_env()["FLANNEL_MTU"]) - IP_ICMP), pods[1].ip,
+                      check=False).stdout
     assert ping_loss(out) == 0.0, out
