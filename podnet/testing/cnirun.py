@@ -1,4 +1,8 @@
-"""A small libcni-like runtime for tests and benchmarks (stdlib only).
+"""A small in-memory libcni-like runtime for tests and benchmarks.
+
+The production runtime (config loading, on-disk result cache, CniError) is podnet.cniruntime; this
+wrapper keeps the older test-facing shape (string CNI_ARGS, an in-memory cache, PluginFailed with
+the raw error object) and shares its plugin exec (`find`, `exec_plugin`).
 
 It execs plugins exactly as a container runtime does (env + stdin, CNI_PATH lookup), chains a
 conflist (prevResult, capabilities -> runtimeConfig, DEL in reverse order with the cached
@@ -7,11 +11,12 @@ result), and parses results and errors.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from dataclasses import dataclass, field
 from typing import Any
+
+from podnet.cniruntime import exec_plugin, find
+
+__all__ = ["Attachment", "PluginFailed", "Runtime", "call", "exec_plugin", "find"]
 
 
 class PluginFailed(Exception):
@@ -21,29 +26,6 @@ class PluginFailed(Exception):
         self.command = command
         self.exit_code = code
         self.error = error
-
-
-def find(plugin_type: str, cni_path: list[str]) -> str:
-    for d in cni_path:
-        p = os.path.join(d, plugin_type)
-        if os.access(p, os.X_OK):
-            return p
-    raise FileNotFoundError(f"{plugin_type} not in {cni_path}")
-
-
-def exec_plugin(plugin_type: str, command: str, conf: dict[str, Any], *, cni_path: list[str],
-                container_id: str = "", netns: str = "", ifname: str = "eth0", args: str = "",
-                extra_env: dict[str, str] | None = None, timeout: float = 60.0
-                ) -> tuple[int, dict[str, Any] | None, str]:
-    """Exec one plugin; returns (exit code, parsed stdout or None, stderr)."""
-    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-           "CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns,
-           "CNI_IFNAME": ifname, "CNI_ARGS": args, "CNI_PATH": ":".join(cni_path)}
-    env.update(extra_env or {})
-    proc = subprocess.run([find(plugin_type, cni_path)], input=json.dumps(conf).encode(),
-                          capture_output=True, env=env, timeout=timeout, check=False)
-    out = json.loads(proc.stdout) if proc.stdout.strip() else None
-    return proc.returncode, out, proc.stderr.decode(errors="replace")
 
 
 def call(plugin_type: str, command: str, conf: dict[str, Any], **kwargs: Any) -> dict[str, Any] | None:
