@@ -19,6 +19,7 @@ from controlplane.apiserver import (
     fieldvalidation,
     negotiation,
     patching,
+    podlog,
     routing,
     subresources,
     tables,
@@ -105,6 +106,8 @@ class ResourceHandlers:
             return await subresources.scale(self.registry, request, t, method)
         elif sub == "binding" and method == "POST":
             return await subresources.binding(self.registry, request, t)
+        elif sub == "log" and method == "GET":
+            return await podlog.pod_log(self.registry, request, t)
         elif sub == "finalize" and method == "PUT":
             # namespaces/<name>/finalize: only spec.finalizers is taken (registry._merge_update)
             return await self.update(request, t)

@@ -173,7 +173,10 @@ def inflight_limit(limits: Limits) -> Any:
 
     @web.middleware
     async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if _is_public(request.path) or negotiation.parse_bool_lenient(request.query.get("watch")):
+        q = request.query
+        long_running = negotiation.parse_bool_lenient(q.get("watch")) or (
+            request.path.endswith("/log") and negotiation.parse_bool_lenient(q.get("follow")))
+        if _is_public(request.path) or long_running:  # watches and followed logs
             return await handler(request)
         kind = "readonly" if request.method in ("GET", "HEAD", "OPTIONS") else "mutating"
         if caps[kind] and counts[kind] >= caps[kind]:
