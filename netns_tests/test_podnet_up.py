@@ -1,0 +1,133 @@
+"""`podnet up --nodes 2` / `podnet status` / `podnet down` as a user runs them (the real CLI, real
+etcd, apiserver, scheduler, controller manager, flanneld and CNI daemons in namespaces): kubectl
+reaches the API server on the root namespace's loopback, pods wired by each node's installed CNI
+config reach each other across nodes, and `down` leaves the root namespace's links and nft tables,
+the namespace list and the process table as they were.
+
+Runs without the kubelet (--no-kubelet: `up` registers the Nodes itself) so it does not depend on
+the kubelet's pod lifecycle; the kubelet's own end-to-end tests live in test_cluster_*.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from netns_tests.apiserver_fixtures import kubectl_binary
+from podnet import execs, netns
+from podnet.cluster import plan as P
+from podnet.cluster.manifest import Manifest, is_alive
+from podnet.cniruntime import Attachment, CniConfig, CniRuntime
+from podnet.testing.etcd import free_port
+from podnet.testing.harness import Topology
+from podnet.testing.wait import wait_until
+
+PODNET = str(Path(sys.executable).parent / "podnet")
+
+
+def podnet(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PODNET, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def snapshot(prefix: str) -> dict[str, object]:
+    """The root namespace as other tests leave it alone: links and nft tables; plus our netns."""
+    links = execs.run(["ip", "-br", "link"]).stdout.splitlines()
+    names = execs.run(["ip", "netns", "list"]).stdout.split()
+    return {"links": sorted(line.split()[0] for line in links),
+            "nft": execs.run(["nft", "list", "tables"]).stdout,
+            "netns": sorted(n for n in names if n.startswith(prefix))}
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Iterator[Path]:
+    d = tmp_path / "cluster"
+    yield d
+    if (d / "manifest.json").exists():  # a failed test still leaves nothing behind
+        podnet("down", "--state-dir", str(d))
+
+
+def test_up_status_kubectl_pods_and_down_leaves_nothing(state_dir: Path, topo: Topology) -> None:
+    prefix = P.prefix_for(str(state_dir))
+    before = snapshot(prefix)
+    port = free_port()
+    res = podnet("up", "--nodes", "2", "--no-kubelet", "--state-dir", str(state_dir),
+                 "--api-port", str(port), "--timeout", "60")
+    assert res.returncode == 0, res.stderr
+    assert f"export KUBECONFIG={state_dir / 'kubeconfig'}" in res.stdout
+    assert "2/2 nodes networked" in res.stderr
+    manifest = Manifest.load(state_dir / "manifest.json")
+    assert all(is_alive(p) for p in manifest.processes)
+    assert {p.name for p in manifest.processes} >= {
+        "etcd", "apiserver", "api-forwarder", "scheduler", "controller-manager",
+        "node-1/flanneld", "node-2/flanneld", "node-1/cni-daemon", "node-2/cni-daemon"}
+
+    again = podnet("up", "--nodes", "1", "--no-kubelet", "--state-dir", str(state_dir))
+    assert again.returncode == 1 and "already up" in again.stderr
+
+    subnets = check_status(state_dir)
+    check_kubectl(state_dir, subnets)
+    check_pods_across_nodes(state_dir, topo)
+
+    res = podnet("down", "--state-dir", str(state_dir))
+    assert res.returncode == 0, res.stderr
+    assert not any(is_alive(p) for p in manifest.processes)
+    assert not state_dir.exists()
+    assert not (Path(P.RUN_ROOT) / prefix).exists()
+    assert snapshot(prefix) == before
+    assert "no cluster" in podnet("down", "--state-dir", str(state_dir)).stderr
+
+
+def check_status(state_dir: Path) -> dict[str, str]:
+    res = podnet("status", "--state-dir", str(state_dir), "-o", "json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = json.loads(res.stdout)
+    subnets = {n["metadata"]["name"]: n["spec"]["podCIDR"] for n in data["nodes"]}
+    assert sorted(subnets) == ["node-1", "node-2"] and len(set(subnets.values())) == 2
+    text = podnet("status", "--state-dir", str(state_dir)).stdout
+    for name, subnet in subnets.items():
+        assert name in text and subnet in text
+    return subnets
+
+
+def check_kubectl(state_dir: Path, subnets: dict[str, str]) -> None:
+    kubectl = kubectl_binary(31) or kubectl_binary(33)
+    if kubectl is None:
+        return
+    res = execs.run([kubectl, "--kubeconfig", str(state_dir / "kubeconfig"), "get", "nodes", "-o",
+                     "jsonpath={range .items[*]}{.metadata.name}={.spec.podCIDR} {end}"])
+    assert sorted(res.stdout.split()) == sorted(f"{n}={s}" for n, s in subnets.items())
+
+
+def check_pods_across_nodes(state_dir: Path, topo: Topology) -> None:
+    """One pod per node through the node's own conflist and plugins (as its runtime would run
+    them, from inside the node's namespace); agnhost netexec in one, connect/ping from the other."""
+    plan = P.make_plan(str(state_dir), 2)
+    pods = []
+    for node in plan.nodes:
+        path = topo.add_pod_netns(f"p{node.index}")
+        runtime = CniRuntime([str(node.cni_bin_dir)], cache_dir=str(node.dir / "cni" / "cache"))
+        net = CniConfig.load(str(node.cni_conf_dir))
+        att = Attachment(container_id=f"upt{node.index}", netns=path)
+        with netns.enter(node.netns):
+            result = runtime.add(net, att)
+        ip = result["ips"][0]["address"].split("/")[0]
+        pods.append((path, ip, runtime, net, att, node))
+    (src, _, *_), (dst, dst_ip, *_) = pods
+    server = topo.spawn(dst, [PODNET, "agnhost", "netexec", "--http-port", "8080", "--udp-port", "8081"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: execs.run([PODNET, "agnhost", "connect", f"{dst_ip}:8080", "--timeout", "1"],
+                                     netns=src, check=False).returncode == 0, 20, "pod-to-pod TCP")
+        assert execs.run([PODNET, "agnhost", "connect", f"{dst_ip}:8081", "--protocol", "udp"],
+                         netns=src, check=False).returncode == 0
+        assert execs.run(["ping", "-c1", "-W2", dst_ip], netns=src, check=False).returncode == 0
+    finally:
+        topo.kill(server)
+        for _path, _ip, runtime, net, att, node in pods:
+            with netns.enter(node.netns):
+                runtime.delete(net, att)
