@@ -3,10 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 SYSTEM_PKGS := iproute2 iptables nftables ipset conntrack etcd-server bird2 \
-	containernetworking-plugins tcpdump util-linux iputils-ping
+	containernetworking-plugins tcpdump util-linux iputils-ping crun busybox-static
 PYTEST_ARGS ?=
 
-.PHONY: test deps deps-system deps-python lint unit netns bench clean
+.PHONY: test deps deps-system deps-python lint unit netns bench clean up down
 
 test: deps lint
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests netns_tests
@@ -36,6 +36,14 @@ unit: deps
 
 netns: deps
 	$(PY) -m pytest -q $(PYTEST_ARGS) netns_tests
+
+# a cluster on this machine, in network namespaces (podnet up --help); `make down` removes it
+UP_ARGS ?= --nodes 3
+up: deps
+	$(VENV)/bin/podnet up $(UP_ARGS)
+
+down:
+	$(VENV)/bin/podnet down
 
 bench: deps
 	$(PY) bench/cni_latency.py --write docs/BENCHMARKS.md
