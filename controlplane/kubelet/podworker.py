@@ -18,7 +18,10 @@ coalesced into one more pass afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -151,6 +154,8 @@ class PodSyncer:
                 for old in attempts[1:]:  # keep the newest exited attempt (kubectl logs --previous)
                     self.runtime.remove(old.id)
             spec = podstatus.container_spec(pod, container, attempt, sb.netns_path, self.logs_root)
+            # upstream: the kubelet owns /var/log/pods/<pod>/<container>/ and the runtime writes in it
+            os.makedirs(os.path.dirname(spec.log_path), exist_ok=True)
             self.runtime.create_and_start(spec)
             log.info("pod %s: started container %s (attempt %d)", key, container["name"], attempt)
         return self.containers_of(uid)
@@ -184,8 +189,16 @@ class PodSyncer:
             for info in self.containers_of(uid):
                 self.runtime.remove(info.id)
             self.probes.forget(uid)
+            self.remove_logs(uid)
         if sb is not None:
             self.sandboxes.teardown(sb, pod)
+
+    def remove_logs(self, uid: str) -> None:
+        """The pod's log directory goes with its containers (upstream removes /var/log/pods/<pod>)."""
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self.logs_root):
+                if name.endswith(f"_{uid}"):
+                    shutil.rmtree(os.path.join(self.logs_root, name), ignore_errors=True)
 
     def terminate(self, pod: Obj) -> None:
         meta = pod["metadata"]

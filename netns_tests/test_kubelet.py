@@ -1,0 +1,198 @@
+"""A real podnet-kubelet in a simulated host namespace against a real API server.
+
+The kubelet runs inside a Topology host netns (its CNI plugins, bridge and pod namespaces live
+there or in their own namespaces, never in the root one), with our `bridge` + `host-local`
+plugins installed by `podnet cni install` and every state directory under tmp_path.  Pods are
+created with spec.nodeName set (no scheduler needed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from netns_tests.apiserver_fixtures import ApiServerProcess, component_command
+from podnet import netns
+from podnet.api.client import LEASES, NODES, PODS, ApiError, Client
+from podnet.testing.harness import Host, Topology
+
+process = pytest.importorskip("podnet.runtime.process", reason="needs podnet.runtime.ProcessRuntime")
+ProcessRuntime = process.ProcessRuntime
+
+SUBNET = "10.78.0"
+
+
+def wait_until(fn: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll `fn` until it returns something truthy, and return that (AssertionError on timeout)."""
+    deadline = time.monotonic() + timeout
+    while not (value := fn()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+    return value
+
+
+def connects(host: Host, ip: str, port: int) -> bool:
+    with netns.enter(host.name), contextlib.suppress(OSError), socket.create_connection((ip, port), 1):
+        return True
+    return False
+
+
+@dataclass
+class Node:
+    name: str
+    host: Host
+    work: Path
+    argv: list[str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+
+def conflist(data_dir: Path) -> dict[str, Any]:
+    return {"cniVersion": "1.0.0", "name": "kubelet-test", "plugins": [
+        {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False,
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": f"{SUBNET}.0/24"}]],
+                  "dataDir": str(data_dir)}}]}
+
+
+@pytest.fixture
+def node(topo: Topology, apiserver: ApiServerProcess, cni_bin: Path, tmp_path: Path) -> Iterator[Node]:
+    host = topo.add_host()
+    topo.forward_loopback(host, apiserver.port)
+    work = tmp_path / "node"
+    (work / "net.d").mkdir(parents=True)
+    (work / "net.d" / "10-test.conflist").write_text(json.dumps(conflist(work / "ipam")))
+    name = f"kn-{uuid.uuid4().hex[:6]}"
+    argv = [*component_command("podnet-kubelet", "controlplane.kubelet"),
+            f"--kubeconfig={apiserver.kubeconfig()}", f"--hostname-override={name}", f"--node-ip={host.ip}",
+            f"--cni-conf-dir={work / 'net.d'}", f"--cni-bin-dir={cni_bin}", f"--cni-cache-dir={work / 'cni'}",
+            f"--root-dir={work / 'root'}", f"--pod-logs-dir={work / 'logs'}", "--container-runtime=process",
+            "--node-status-update-frequency=1s", "--node-lease-duration-seconds=4", "--sync-frequency=3s"]
+    n = Node(name=name, host=host, work=work, argv=argv, log=work / "kubelet.log")
+    try:
+        yield n
+    finally:
+        if n.proc is not None:
+            topo.kill(n.proc)  # first, so nothing is restarted while we clean up
+        if n.log.exists():
+            print(n.log.read_text(errors="replace")[-5000:])
+        # containers the kubelet left (a failed test): stopped by the PIDs in their state dirs
+        runtime = ProcessRuntime(str(work / "root" / "containers"))
+        for info in runtime.list():
+            with contextlib.suppress(Exception):
+                runtime.stop(info.id, 0)
+                runtime.remove(info.id)
+        # pod namespaces the kubelet made carry its prefix; only those left behind are removed
+        root = work / "root" / "sandboxes"
+        for rec in root.glob("*.json") if root.exists() else []:
+            with contextlib.suppress(Exception):
+                netns.delete(json.loads(rec.read_text())["netns"] or "-")
+
+
+def start(topo: Topology, n: Node) -> None:
+    n.proc = topo.spawn_on(n.host, n.argv, log_path=str(n.log),
+                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def pod(name: str, node_name: str, *, command: list[str], grace: int = 5) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"nodeName": node_name, "terminationGracePeriodSeconds": grace, "restartPolicy": "Always",
+                     "containers": [{"name": "main", "image": "busybox", "command": command}]}}
+
+
+def get_pod(client: Client, name: str) -> dict[str, Any] | None:
+    try:
+        return client.get(PODS, name, "default")
+    except ApiError as e:
+        if e.not_found:
+            return None
+        raise
+
+
+def running(client: Client, name: str) -> dict[str, Any] | None:
+    p = get_pod(client, name)
+    return p if p and (p.get("status") or {}).get("phase") == "Running" and p["status"].get("podIP") else None
+
+
+def test_node_registers_heartbeats_and_is_ready(topo: Topology, node: Node, client: Client) -> None:
+    start(topo, node)
+    ready = wait_until(lambda: _ready(client, node.name), timeout=20, what="node Ready=True")
+    assert ready["status"]["addresses"][0] == {"type": "InternalIP", "address": node.host.ip}
+    assert int(ready["status"]["capacity"]["pods"]) == 110
+    first = client.get(LEASES, node.name, "kube-node-lease")["spec"]["renewTime"]
+    wait_until(lambda: client.get(LEASES, node.name, "kube-node-lease")["spec"]["renewTime"] != first,
+               timeout=10, what="the lease renewed")
+    # no CNI config -> Ready=False with the runtime-network reason, as upstream
+    (node.work / "net.d" / "10-test.conflist").unlink()
+    cond = wait_until(lambda: _condition(client, node.name, "False"), timeout=10, what="Ready=False")
+    assert cond["reason"] == "KubeletNotReady" and "cni config uninitialized" in cond["message"]
+
+
+def _condition(client: Client, name: str, status: str) -> dict[str, Any] | None:
+    try:
+        node = client.get(NODES, name)
+    except ApiError:
+        return None
+    for c in (node.get("status") or {}).get("conditions") or []:
+        if c["type"] == "Ready" and c["status"] == status:
+            return dict(c)
+    return None
+
+
+def _ready(client: Client, name: str) -> dict[str, Any] | None:
+    return client.get(NODES, name) if _condition(client, name, "True") else None
+
+
+def test_pod_runs_is_reachable_and_terminates_gracefully(topo: Topology, node: Node, client: Client) -> None:
+    start(topo, node)
+    client.create(PODS, pod("web", node.name, command=["busybox", "httpd", "-f", "-p", "8080"]), "default")
+    p = wait_until(lambda: running(client, "web"), timeout=30, what="pod web Running with an IP")
+    ip, uid = p["status"]["podIP"], p["metadata"]["uid"]
+    assert ip.startswith(f"{SUBNET}.") and p["status"]["hostIP"] == node.host.ip
+    cs = p["status"]["containerStatuses"][0]
+    assert cs["state"].get("running") and cs["restartCount"] == 0
+    sandbox = f"podnet-{uid.replace('-', '')[:12]}"
+    assert netns.exists(sandbox)
+    wait_until(lambda: connects(node.host, ip, 8080), timeout=15, what="httpd answering on the pod IP")
+    assert node.host.run("ping", "-c1", "-W2", ip, check=False).returncode == 0
+    client.delete(PODS, "web", "default")  # graceful: the kubelet stops it and deletes it
+    wait_until(lambda: get_pod(client, "web") is None, timeout=20, what="pod web gone")
+    assert not netns.exists(sandbox)
+    assert not list((node.work / "cni" / "results").glob("*")), "CNI DEL dropped the cached result"
+
+
+def test_kill_9_and_restart_adopts_without_a_second_sandbox(topo: Topology, node: Node,
+                                                            client: Client) -> None:
+    start(topo, node)
+    client.create(PODS, pod("sleeper", node.name, command=["sleep", "1000"]), "default")
+    p = wait_until(lambda: running(client, "sleeper"), timeout=30, what="pod sleeper Running")
+    ip, started = p["status"]["podIP"], p["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+    assert node.proc is not None
+    topo.kill(node.proc, signal.SIGKILL)
+    # while the kubelet is down the pod goes; the restarted kubelet must clean up after it too
+    client.create(PODS, pod("other", node.name, command=["sleep", "1000"]), "default")
+    start(topo, node)
+    o = wait_until(lambda: running(client, "other"), timeout=30, what="pod other Running after restart")
+    again = get_pod(client, "sleeper")
+    assert again is not None and again["status"]["podIP"] == ip
+    cs = again["status"]["containerStatuses"][0]
+    assert cs["restartCount"] == 0 and cs["state"]["running"]["startedAt"] == started
+    assert len(list((node.work / "root" / "sandboxes").glob("*.json"))) == 2
+    assert o["status"]["podIP"] != ip
+    for name in ("sleeper", "other"):
+        client.delete(PODS, name, "default", grace_period_seconds=1)
+    wait_until(lambda: get_pod(client, "sleeper") is None and get_pod(client, "other") is None, timeout=20,
+               what="both pods gone")
+    assert not list((node.work / "root" / "sandboxes").glob("*.json"))
