@@ -136,7 +136,9 @@ class HttpServer:
                 close()  # lets a generator release its file
 
     def start(self) -> HttpServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, name=self.name, daemon=True)
+        # a short poll interval: stop() (which waits for the accept loop to notice) stays quick
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=self.name, daemon=True)
         self._thread.start()
         return self
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from podnet.httpserve import Handler, Reply, Request
+from podnet.httpserve import Handler, HttpServer, Reply, Request
 
 DEFAULT_ROOT = Path("/var/log/pods")
 FOLLOW_POLL = 0.1  # seconds between looks at a followed file
@@ -265,3 +265,12 @@ class ContainerLogs:
 def routes(logs: ContainerLogs) -> dict[str, Handler]:
     """The kubelet server's routes for logs (compose with other routes into podnet.httpserve)."""
     return {"/containerLogs": logs}
+
+
+def start_server(host: str, port: int, root: Path | str, *, pod_uid: PodUidLookup | None = None,
+                 running: RunningCheck | None = None) -> HttpServer:
+    """The kubelet's HTTP server on --port (plain HTTP, like upstream's read-only port): /healthz and
+    /containerLogs, which the API server's pods/log proxies to.  Stop it with `.stop()`."""
+    logs = ContainerLogs(Path(root), pod_uid=pod_uid, running=running)
+    table: dict[str, Handler] = {**routes(logs), "/healthz": lambda _request: Reply(200, b"ok")}
+    return HttpServer(host, port, table, name="kubelet-server").start()

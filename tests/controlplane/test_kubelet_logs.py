@@ -21,6 +21,7 @@ from controlplane.kubelet.logserver import (
     parse_record,
     parse_time,
     routes,
+    start_server,
     tail_records,
 )
 from podnet.httpserve import HttpServer, Reply, Request, parse_request
@@ -198,3 +199,12 @@ def test_server_streams_a_follow_chunk_by_chunk_and_notices_the_client_leaving(r
 
 def test_parse_request() -> None:
     assert parse_request("/a/b%20c?x=1&y=&x=2") == Request("/a/b c", {"x": "2", "y": ""})
+
+
+def test_start_server_serves_healthz_and_logs(root: Path) -> None:
+    srv = start_server("127.0.0.1", 0, str(root), pod_uid=lambda ns, name: "uid-1")
+    try:
+        assert fetch(srv, "/healthz")[:2] == (200, b"ok")
+        assert fetch(srv, "/containerLogs/ns/web/c?previous=true")[:2] == (200, b"before restart\n")
+    finally:
+        srv.stop()
