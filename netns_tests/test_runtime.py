@@ -6,7 +6,9 @@ root under tmp_path; a finalizer registered first removes every container the te
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 
 from podnet import execs
 from podnet.runtime import cgroups
-from podnet.runtime.base import ContainerSpec, Mount, parse_cri_line
+from podnet.runtime.base import ContainerSpec, Mount, parse_cri_line, pid_alive
 from podnet.runtime.common import ExecTimeout, ShimmedRuntime
 from podnet.runtime.crun import CrunRuntime, available
 from podnet.runtime.process import ProcessRuntime
@@ -171,3 +173,30 @@ def test_memory_limit_enforced(runtime: ShimmedRuntime, pod_netns: str, tmp_path
     runtime.create_and_start(ok)
     wait_until(lambda: runtime.status(ok.id).state == "exited", 20, "fits exit")
     assert runtime.status(ok.id).exit_code == 0
+
+
+def test_host_network_container(runtime: ShimmedRuntime, tmp_path: Path) -> None:
+    """No netns path: the container shares the runtime's network namespace (hostNetwork) and
+    gets /sys bound read-only, since sysfs cannot be mounted without owning the netns."""
+    s = spec(tmp_path, "", "hostnet", ["/bin/sh", "-c", "cat /sys/class/net/lo/operstate; "
+                                       "readlink /proc/1/ns/net"])
+    runtime.create_and_start(s)
+    wait_until(lambda: runtime.status(s.id).state == "exited", 10, "hostnet exit")
+    assert runtime.status(s.id).exit_code == 0
+    assert [m for *_, m in log_lines(s)] == ["unknown", os.readlink("/proc/self/ns/net")]
+
+
+def test_container_outlives_its_shim(runtime: ShimmedRuntime, pod_netns: str,
+                                     tmp_path: Path) -> None:
+    """A killed shim loses the exit status (255, containerd's "unknown"), not the container."""
+    s = spec(tmp_path, pod_netns, "orphan", ["sleep", "60"])
+    runtime.create_and_start(s)
+    with open(os.path.join(runtime.root, s.id, "shim.pid")) as f:
+        shim = json.load(f)
+    assert pid_alive(shim)
+    os.kill(shim["pid"], signal.SIGKILL)  # the shim this test's runtime started, by its record
+    wait_until(lambda: not pid_alive(shim), 5, "shim gone")
+    assert runtime.status(s.id).state == "running"
+    runtime.stop(s.id, 0)
+    info = runtime.status(s.id)
+    assert (info.state, info.exit_code) == ("exited", 255)

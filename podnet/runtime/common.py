@@ -102,18 +102,22 @@ class ShimmedRuntime:
         started = state.read_json("started.json")
         info.started_at = started["started_at"] if started else None
         ended = state.read_json("exit.json")
-        shim = state.read_json("shim.pid")
         if ended:
             info.state, info.exit_code = "exited", ended["exit_code"]
             info.finished_at = ended["finished_at"]
-        elif shim and not pid_alive(shim):
+            return info
+        shim = state.read_json("shim.pid")
+        if shim is None:
+            return info  # the shim has not started yet
+        info.pid = self._pid(state)
+        if info.pid:
+            # Running, even if the shim itself died (then nobody logs, but the container runs).
+            info.state = "running"
+        elif not pid_alive(shim):
             ended = state.read_json("exit.json")  # it may have finished since we looked
             info.state = "exited"
             info.exit_code = ended["exit_code"] if ended else UNKNOWN_EXIT
             info.finished_at = ended["finished_at"] if ended else time.time()
-        elif shim:
-            info.pid = self._pid(state)
-            info.state = "running" if info.pid else "created"
         return info
 
     def list(self) -> builtins.list[ContainerInfo]:

@@ -23,10 +23,23 @@ from typing import Any
 from podnet import execs
 from podnet.errors import PodnetError
 from podnet.runtime import cgroups
-from podnet.runtime.base import DEFAULT_ROOT, ContainerSpec, RuntimeFailure, StateDir
+from podnet.runtime.base import (
+    DEFAULT_ROOT,
+    ContainerSpec,
+    RuntimeFailure,
+    StateDir,
+    pid_alive,
+    pid_record,
+)
 from podnet.runtime.common import LOG, ExecTimeout, ShimmedRuntime
 from podnet.runtime.process import container_env
 
+SYSFS = {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+         "options": ["nosuid", "noexec", "nodev", "ro"]}
+# sysfs can only be mounted by the owner of the network namespace: a host-network container
+# gets the host's /sys bound read-only instead, as runc/containerd do for hostNetwork pods.
+HOST_SYS = {"destination": "/sys", "type": "bind", "source": "/sys",
+            "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}
 # Docker's/containerd's default capability set for a non-privileged container.
 DEFAULT_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
                 "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
@@ -41,8 +54,6 @@ BASE_MOUNTS: list[dict[str, Any]] = [
      "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
     {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
      "options": ["nosuid", "noexec", "nodev"]},
-    {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-     "options": ["nosuid", "noexec", "nodev", "ro"]},
     # The rootfs is read-only; an image's writable layer would give /tmp, a tmpfs does here.
     {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
      "options": ["nosuid", "nodev", "mode=1777"]},
@@ -77,7 +88,7 @@ def oci_config(spec: ContainerSpec, rootfs: str, cgroup_path: str | None) -> dic
         },
         "root": {"path": rootfs, "readonly": True},
         "hostname": spec.hostname or spec.pod_name,
-        "mounts": [*BASE_MOUNTS, *(
+        "mounts": [*BASE_MOUNTS, SYSFS if spec.netns_path else HOST_SYS, *(
             {"destination": m.container_path, "type": "bind", "source": m.host_path,
              "options": ["rbind", "ro" if m.read_only else "rw"]} for m in spec.mounts)],
         "linux": linux,
@@ -132,11 +143,18 @@ class CrunRuntime(ShimmedRuntime):
         return self._wrap(self._crun_argv("run", "--bundle", state.path, spec.id), bind)
 
     def _pid(self, state: StateDir) -> int | None:
+        """The container's init PID; asked of crun once, then pinned by its start time."""
+        rec = state.read_json("init.pid")
+        if rec:
+            return int(rec["pid"]) if pid_alive(rec) else None
         proc = execs.run(self._crun("state", state.id), check=False, timeout=10)
         if proc.returncode != 0:
             return None
         data = json.loads(proc.stdout)
-        return int(data["pid"]) if data.get("status") == "running" and data.get("pid") else None
+        if data.get("status") != "running" or not data.get("pid"):
+            return None
+        state.write_json("init.pid", pid_record(int(data["pid"])))
+        return int(data["pid"])
 
     def _signal(self, state: StateDir, sig: int) -> None:
         execs.run(self._crun("kill", state.id, str(sig)), check=False, timeout=10)
