@@ -9,6 +9,7 @@ created with spec.nodeName set (no scheduler needed).
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -171,6 +172,30 @@ def test_pod_runs_is_reachable_and_terminates_gracefully(topo: Topology, node: N
     wait_until(lambda: get_pod(client, "web") is None, timeout=20, what="pod web gone")
     assert not netns.exists(sandbox)
     assert not list((node.work / "cni" / "results").glob("*")), "CNI DEL dropped the cached result"
+
+
+def test_container_logs_are_served_on_the_kubelet_port(topo: Topology, node: Node, client: Client) -> None:
+    start(topo, node)
+    client.create(PODS, pod("talker", node.name, command=["sh", "-c", "echo hello from talker; sleep 1000"]),
+                  "default")
+    wait_until(lambda: running(client, "talker"), timeout=30, what="pod talker Running")
+    url = "http://127.0.0.1:10250/containerLogs/default/talker/main"
+    body = wait_until(lambda: "hello from talker" in (text := fetch(node.host, url)) and text, timeout=10,
+                      what="the container's log line on the kubelet server")
+    assert body == "hello from talker\n"
+
+
+def fetch(host: Host, url: str) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", 10250, timeout=5)
+    try:
+        with netns.enter(host.name):  # the socket is made here, so it lives in the host's netns
+            conn.connect()
+        conn.request("GET", url.removeprefix("http://127.0.0.1:10250"))
+        return conn.getresponse().read().decode()
+    except OSError:
+        return ""
+    finally:
+        conn.close()
 
 
 def test_kill_9_and_restart_adopts_without_a_second_sandbox(topo: Topology, node: Node,

@@ -19,9 +19,11 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from controlplane.kubelet.kubelet import Kubelet, Periods
+from controlplane.kubelet.logserver import ContainerLogs, routes
 from controlplane.kubelet.node import NodeAgent, NodeConfig, detect_node_ip
 from controlplane.kubelet.podworker import PodSyncer
 from controlplane.kubelet.sandbox import Sandboxes
@@ -29,6 +31,7 @@ from podnet.api.client import Client
 from podnet.api.kubeconfig import load_kubeconfig
 from podnet.cniruntime import CniRuntime
 from podnet.flags import duration
+from podnet.httpserve import HttpServer
 from podnet.reconcile import stop_event_on_signals
 from podnet.runtime.base import ContainerRuntime
 
@@ -64,7 +67,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--node-status-update-frequency", type=duration, default=10.0)
     p.add_argument("--node-lease-duration-seconds", type=int, default=40)
     p.add_argument("--container-runtime", choices=sorted(RUNTIMES), default="process")
-    p.add_argument("--port", type=int, default=10250)
+    p.add_argument("--port", type=int, default=10250, help="the kubelet server (container logs)")
+    p.add_argument("--address", default="0.0.0.0", help="the kubelet server's bind address")
     p.add_argument("--sync-frequency", type=duration, default=60.0)
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -101,11 +105,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     client = Client.from_config(load_kubeconfig(args.kubeconfig), user_agent="podnet-kubelet")
     stop = stop_event_on_signals(signal.SIGTERM, signal.SIGINT)
     kubelet = build(args, client)
-    log.info("kubelet for node %s (ip %s, runtime %s) starting", kubelet.node.cfg.name,
-             kubelet.node.cfg.node_ip, args.container_runtime)
+    logs = ContainerLogs(Path(args.pod_logs_dir), pod_uid=kubelet.pod_uid, running=kubelet.container_running)
+    server = HttpServer(args.address, args.port, routes(logs), name="kubelet-server").start()
+    log.info("kubelet for node %s (ip %s, runtime %s) starting; serving on %s:%d", kubelet.node.cfg.name,
+             kubelet.node.cfg.node_ip, args.container_runtime, args.address, server.port)
     try:
         kubelet.run(stop)
     finally:
+        server.stop()
         client.close()
     return 0
 

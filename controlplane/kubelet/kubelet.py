@@ -85,6 +85,17 @@ class Kubelet:
         except CniError:
             return False
 
+    def pod_uid(self, namespace: str, name: str) -> str | None:
+        """The uid of the pod of that name bound here (the log server reads that pod's logs)."""
+        pod = self.informer.get(f"{namespace}/{name}")
+        return str(pod["metadata"]["uid"]) if pod else None
+
+    def container_running(self, namespace: str, name: str, container: str) -> bool:
+        """Whether the container still runs (a followed log ends when it stops)."""
+        uid = self.pod_uid(namespace, name)
+        return any(i.state == "running" and i.labels.get("io.kubernetes.container.name") == container
+                   for i in self.syncer.containers_of(uid)) if uid else False
+
     def known_uids(self) -> set[str]:
         return {str(p["metadata"].get("uid")) for p in self.informer.list()}
 

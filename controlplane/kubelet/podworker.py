@@ -27,7 +27,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from controlplane.kubelet import restart
 from controlplane.kubelet import status as podstatus
+from controlplane.kubelet.restart import BackOff
 from controlplane.kubelet.sandbox import Sandbox, Sandboxes
 from podnet.api.client import PODS, ApiError, Resource
 from podnet.runtime.base import ContainerInfo, ContainerRuntime
@@ -72,16 +74,6 @@ class NoProbes:
 
     def forget(self, pod_uid: str) -> None:
         pass
-
-
-class BackOff:
-    """Restart back-off per container: 10 s doubling to 5 min (upstream CrashLoopBackOff)."""
-
-    def __init__(self, initial: float = 10.0, maximum: float = 300.0) -> None:
-        self.initial, self.maximum = initial, maximum
-
-    def delay(self, restarts: int) -> float:
-        return float(min(self.maximum, self.initial * 2 ** max(0, restarts)))
 
 
 def grace_seconds(pod: Mapping[str, Any]) -> float:
@@ -132,6 +124,11 @@ class PodSyncer:
         desired = podstatus.pod_status(pod, infos, ips, self.host_ip,
                                        lambda name: self.probes.ready(uid, name), self.runtime_name,
                                        podstatus.rfc3339(time.time()) or "")
+        for cs in desired["containerStatuses"]:
+            waiting = cs["state"].get("waiting") or {}
+            if waiting.get("reason") == "CrashLoopBackOff":
+                delay = self.backoff.get(restart.backoff_key(pod, cs["name"]))
+                waiting["message"] = restart.crash_loop_message(delay, cs["name"], pod)
         if desired["phase"] in podstatus.TERMINAL_PHASES:
             self.kill_pod(uid, grace_seconds(pod), sb, keep_containers=True)
         self.post_status(pod, desired)
@@ -146,8 +143,9 @@ class PodSyncer:
             if attempts and not podstatus.should_restart(policy, attempts[0]):
                 continue
             attempt = podstatus.attempt_of(attempts[0]) + 1 if attempts else 0
+            backoff_key = restart.backoff_key(pod, container["name"])
             if attempts:
-                wait = (attempts[0].finished_at or 0) + self.backoff.delay(attempt - 1) - time.time()
+                wait = self.backoff.remaining(backoff_key, attempts[0].finished_at or 0, time.time())
                 if wait > 0:
                     self.requeue(key, wait)
                     continue
@@ -157,6 +155,8 @@ class PodSyncer:
             # upstream: the kubelet owns /var/log/pods/<pod>/<container>/ and the runtime writes in it
             os.makedirs(os.path.dirname(spec.log_path), exist_ok=True)
             self.runtime.create_and_start(spec)
+            if attempts:
+                self.backoff.record_restart(backoff_key, time.time())
             log.info("pod %s: started container %s (attempt %d)", key, container["name"], attempt)
         return self.containers_of(uid)
 
@@ -189,6 +189,7 @@ class PodSyncer:
             for info in self.containers_of(uid):
                 self.runtime.remove(info.id)
             self.probes.forget(uid)
+            self.backoff.forget_pod(uid)
             self.remove_logs(uid)
         if sb is not None:
             self.sandboxes.teardown(sb, pod)

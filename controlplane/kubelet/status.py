@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from controlplane.kubelet import restart
 from podnet.runtime.base import ContainerInfo, ContainerSpec
 
 Obj = dict[str, Any]
@@ -87,15 +88,13 @@ def latest_by_name(infos: list[ContainerInfo]) -> dict[str, list[ContainerInfo]]
 
 def should_restart(policy: str, info: ContainerInfo) -> bool:
     """Whether an exited container is restarted under the pod's restartPolicy."""
-    if info.state != "exited":
-        return False
-    return policy == "Always" or (policy == "OnFailure" and info.exit_code != 0)
+    return restart.should_restart(policy, info.state, info.exit_code)
 
 
 def _state(info: ContainerInfo, runtime: str) -> Obj:
     if info.state == "exited":
         return {"terminated": {"exitCode": info.exit_code if info.exit_code is not None else -1,
-                               "reason": "Completed" if info.exit_code == 0 else "Error",
+                               "reason": restart.termination_reason(info.exit_code),
                                "startedAt": rfc3339(info.started_at), "finishedAt": rfc3339(info.finished_at),
                                "containerID": f"{runtime}://{info.id}"}}
     if info.state == "running":

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from controlplane.kubelet.node import NodeAgent, NodeConfig
-from controlplane.kubelet.podworker import BackOff, PodSyncer, PodWorkers
+from controlplane.kubelet.podworker import PodSyncer, PodWorkers
+from controlplane.kubelet.restart import BackOff
 from controlplane.kubelet.sandbox import Sandboxes
 from podnet.api.client import LEASES, NODES, PODS, ApiError, Resource
 from podnet.cniruntime import Attachment, CniConfig
@@ -161,9 +162,13 @@ def test_backoff_requeues_instead_of_restarting(world: Any) -> None:
     cache["ns/p"] = make_pod()
     syncer.sync("ns/p")
     runtime.exit("podnet-uid-1111-222-c-0", 1)
+    syncer.sync("ns/p")  # the first restart is immediate (upstream), and arms a 10 s back-off
+    runtime.exit("podnet-uid-1111-222-c-1", 1)
     syncer.sync("ns/p")
-    assert "podnet-uid-1111-222-c-1" not in runtime.infos
+    assert "podnet-uid-1111-222-c-2" not in runtime.infos
     assert requeued and requeued[0][0] == "ns/p" and 9 < requeued[0][1] <= 10
+    waiting = syncer.api.patches[-1][2]["status"]["containerStatuses"][0]["state"]["waiting"]
+    assert waiting["reason"] == "CrashLoopBackOff" and waiting["message"].startswith("back-off 10s")
 
 
 def test_graceful_termination_then_final_delete(world: Any) -> None:
