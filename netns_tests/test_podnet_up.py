@@ -4,13 +4,15 @@ reaches the API server on the root namespace's loopback, pods wired by each node
 config reach each other across nodes, and `down` leaves the root namespace's links and nft tables,
 the namespace list and the process table as they were.
 
-Runs without the kubelet (--no-kubelet: `up` registers the Nodes itself) so it does not depend on
-the kubelet's pod lifecycle; the kubelet's own end-to-end tests live in test_cluster_*.py.
+The first test runs without the kubelet (--no-kubelet: `up` registers the Nodes itself) and wires
+pods through each node's conflist directly; the second runs the kubelets (when installed).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +22,10 @@ import pytest
 
 from netns_tests.apiserver_fixtures import kubectl_binary
 from podnet import execs, netns
+from podnet.api.client import PODS, Client
+from podnet.api.kubeconfig import load_kubeconfig
 from podnet.cluster import plan as P
+from podnet.cluster import up
 from podnet.cluster.manifest import Manifest, is_alive
 from podnet.cniruntime import Attachment, CniConfig, CniRuntime
 from podnet.testing.etcd import free_port
@@ -131,3 +136,63 @@ def check_pods_across_nodes(state_dir: Path, topo: Topology) -> None:
         for _path, _ip, runtime, net, att, node in pods:
             with netns.enter(node.netns):
                 runtime.delete(net, att)
+
+
+@pytest.mark.skipif(not up.kubelet_available(), reason="podnet-kubelet is not installed")
+def test_kubelets_run_pods_across_nodes_and_down_removes_them_without_the_api(
+        state_dir: Path) -> None:
+    """Pods bound to each node run `podnet agnhost netexec` and reach each other; then the API
+    server dies, so `down` cannot drain: it still removes the pods' containers and sandboxes."""
+    prefix = P.prefix_for(str(state_dir))
+    before = snapshot(prefix)
+    res = podnet("up", "--nodes", "2", "--state-dir", str(state_dir), "--api-port", str(free_port()),
+                 "--timeout", "60")
+    assert res.returncode == 0, res.stderr
+    assert "2/2 nodes Ready" in res.stderr
+    client = Client.from_config(load_kubeconfig(state_dir / "kubeconfig"))
+    try:
+        for i in (1, 2):
+            client.create(PODS, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"netexec-{i}"},
+                                 "spec": {"nodeName": f"node-{i}", "terminationGracePeriodSeconds": 1,
+                                          "containers": [{"name": "netexec", "image": "agnhost",
+                                                          "command": [PODNET, "agnhost", "netexec"]}]}},
+                          "default")
+        ips = {i: wait_pod_ip(client, f"netexec-{i}") for i in (1, 2)}
+    finally:
+        client.close()
+    assert ips[1] != ips[2]
+    text = podnet("status", "--state-dir", str(state_dir)).stdout
+    assert f"ip {ips[1]}" in text and f"ip {ips[2]}" in text
+    sandboxes = {i: sandbox_netns(state_dir, f"node-{i}") for i in (1, 2)}
+    wait_until(lambda: execs.run([PODNET, "agnhost", "connect", f"{ips[2]}:8080", "--timeout", "1"],
+                                 netns=sandboxes[1], check=False).returncode == 0, 20, "pod-to-pod TCP")
+    pids = [pid for name in sandboxes.values()
+            for pid in execs.run(["ip", "netns", "pids", name]).stdout.split()]
+    assert pids
+
+    apiserver = Manifest.load(state_dir / "manifest.json").process("apiserver")
+    assert apiserver is not None
+    os.kill(apiserver.pid, signal.SIGKILL)
+    res = podnet("down", "--state-dir", str(state_dir))
+    assert res.returncode == 0, res.stderr
+    assert "API server unreachable" in res.stderr
+    for name in sandboxes.values():
+        assert not netns.exists(name)
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert snapshot(prefix) == before
+
+
+def wait_pod_ip(client: Client, name: str) -> str:
+    def running() -> bool:
+        st = client.get(PODS, name, "default").get("status") or {}
+        return st.get("phase") == "Running" and bool(st.get("podIP"))
+    wait_until(running, 30, f"pod {name} Running")
+    return str(client.get(PODS, name, "default")["status"]["podIP"])
+
+
+def sandbox_netns(state_dir: Path, node: str) -> str:
+    """The pod's network namespace, from the kubelet's sandbox record on that node."""
+    records = list((state_dir / "nodes" / node / "kubelet" / "sandboxes").glob("*.json"))
+    assert len(records) == 1
+    return str(json.loads(records[0].read_text())["netns"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import secrets
 import shutil
 import socket
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from podnet import execs, netns, tls
-from podnet.api.client import NODES, ApiError, Client
+from podnet.api.client import NODES, PODS, ApiError, Client
 from podnet.api.kubeconfig import load_kubeconfig
 from podnet.cluster import plan as P
 from podnet.cluster.manifest import Manifest, is_alive
@@ -24,6 +26,8 @@ from podnet.cluster.supervise import component, spawn, stop
 Echo = Callable[[str], None]
 ETCD_CLIENT = "http://127.0.0.1:2379"  # inside the control-plane namespace (fresh: fixed ports)
 ETCD_PEER = "http://127.0.0.1:2380"
+CONTAINER_RUNTIME = "process"  # needs nothing beyond util-linux; crun is optional on a dev box
+DRAIN_TIMEOUT = 30.0  # `down` waits this long for the kubelets to tear their pods down
 LOCAL_ETCD_PORT = 23790  # first loopback port in the control-plane netns relaying an --etcd-servers URL
 
 
@@ -241,7 +245,8 @@ def _start_node(plan: P.ClusterPlan, m: Manifest, node: P.NodePlan, kubelet: boo
               [*component("podnet-kubelet", "controlplane.kubelet"), f"--kubeconfig={node_kc}",
                f"--hostname-override={node.name}", f"--node-ip={node.ip}",
                f"--root-dir={node.kubelet_dir}", f"--cni-conf-dir={node.cni_conf_dir}",
-               f"--cni-bin-dir={node.cni_bin_dir}", f"--cni-cache-dir={node.dir / 'cni' / 'cache'}"],
+               f"--cni-bin-dir={node.cni_bin_dir}", f"--cni-cache-dir={node.dir / 'cni' / 'cache'}",
+               f"--pod-logs-dir={node.dir / 'pods'}", f"--container-runtime={CONTAINER_RUNTIME}"],
               plan.log(f"{node.name}-kubelet"), netns=node.netns,
               env={"PODNET_CNI_SOCKET": str(node.cni_socket)})
 
@@ -294,9 +299,12 @@ def down(state_dir: Path, *, echo: Echo = print) -> bool:
     if not path.exists():
         return False
     m = Manifest.load(path)
+    if any(p.name.endswith("/kubelet") for p in m.processes):
+        _drain(m, echo)
     for rec in reversed(m.processes):
         echo(f"stopping {rec.name} (pid {rec.pid})")
         stop(rec)
+    _sweep_kubelet_leftovers(Path(state_dir), echo)
     for name in reversed(m.namespaces):
         echo(f"deleting namespace {name}")
         netns.delete(name)
@@ -306,6 +314,61 @@ def down(state_dir: Path, *, echo: Echo = print) -> bool:
         Path(P.RUN_ROOT).rmdir()  # shared by all clusters: only when no other one uses it
     _remove_state(Path(state_dir), bool(m.info.get("keep_state_dir")))
     return True
+
+
+def _drain(m: Manifest, echo: Echo) -> None:
+    """Let the kubelets tear their pods down as on a node drain (CNI DEL, containers stopped,
+    final delete): stop the scheduler and controller manager first, so no controller recreates a
+    pod, then delete every pod with a short grace period and wait for them to go."""
+    for name in ("controller-manager", "scheduler"):
+        rec = m.process(name)
+        if rec is not None:
+            stop(rec)
+    kubeconfig = m.info.get("kubeconfig")
+    if not kubeconfig:
+        return
+    try:
+        client = Client.from_config(load_kubeconfig(kubeconfig))
+    except (OSError, ValueError):
+        return
+    try:
+        pods, _ = client.list_all(PODS)
+        if pods:
+            echo(f"deleting {len(pods)} pod(s); waiting for the kubelets")
+        for pod in pods:
+            meta = pod["metadata"]
+            with contextlib.suppress(ApiError, OSError):
+                client.delete(PODS, meta["name"], meta["namespace"], grace_period_seconds=1)
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while pods and time.monotonic() < deadline:
+            time.sleep(0.2)
+            pods, _ = client.list_all(PODS)
+    except (ApiError, OSError, http.client.HTTPException) as e:
+        echo(f"API server unreachable ({e!r}); removing pods from the nodes directly")
+    finally:
+        client.close()
+
+
+def _sweep_kubelet_leftovers(state_dir: Path, echo: Echo) -> None:
+    """After the kubelets stopped: containers they left (the runtime's own records under each
+    kubelet's root dir) and pod sandbox namespaces (the kubelet's sandbox records) are ours too."""
+    for kubelet_dir in sorted(state_dir.glob("nodes/*/kubelet")):
+        try:
+            from podnet.runtime import new_runtime
+
+            runtime = new_runtime(CONTAINER_RUNTIME, str(kubelet_dir / "containers"))
+            for info in runtime.list():
+                echo(f"removing container {info.id}")
+                runtime.stop(info.id, 1.0)
+                runtime.remove(info.id)
+        except Exception as e:  # down must finish: report and go on with the namespaces
+            echo(f"containers under {kubelet_dir}: {e}")
+        for record in sorted(kubelet_dir.glob("sandboxes/*.json")):
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                name = json.loads(record.read_text())["netns"]
+                if name and netns.exists(name):
+                    echo(f"deleting pod namespace {name}")
+                    netns.delete(name)
 
 
 def _remove_state(state_dir: Path, keep_dir: bool) -> None:
