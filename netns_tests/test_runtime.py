@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -200,3 +201,17 @@ def test_container_outlives_its_shim(runtime: ShimmedRuntime, pod_netns: str,
     runtime.stop(s.id, 0)
     info = runtime.status(s.id)
     assert (info.state, info.exit_code) == ("exited", 255)
+
+
+def test_parallel_stops_of_one_pod(runtime: ShimmedRuntime, pod_netns: str,
+                                   tmp_path: Path) -> None:
+    """The kubelet stops a pod's containers in parallel threads with one runtime object."""
+    specs = [spec(tmp_path, pod_netns, f"c{i}", ["sleep", "60"]) for i in range(4)]
+    for s in specs:
+        runtime.create_and_start(s)
+    threads = [threading.Thread(target=runtime.stop, args=(s.id, 0)) for s in specs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert [(i.state, i.exit_code) for i in runtime.list()] == [("exited", 137)] * 4

@@ -13,6 +13,7 @@ import builtins
 import json
 import os
 import re
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
@@ -157,7 +158,8 @@ class StateDir:
 
     def write_json(self, name: str, data: Any) -> None:
         """Write atomically (rename), so a reader never sees half a file."""
-        tmp = self.file(f".{name}.tmp")
+        # Per-thread temp name: the kubelet's workers may look at one container concurrently.
+        tmp = self.file(f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
         with open(tmp, "w") as f:
             json.dump(data, f)
         os.replace(tmp, self.file(name))

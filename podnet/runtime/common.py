@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from podnet.log import get_logger
@@ -47,6 +48,7 @@ class ShimmedRuntime:
         self.root = root
         os.makedirs(root, exist_ok=True)
         self._shims: list[subprocess.Popen[bytes]] = []
+        self._shims_lock = threading.Lock()  # stop()s of one pod run in parallel threads
 
     # ------------------------------------------------------------- subclass hooks
     def _launcher(self, state: StateDir, spec: ContainerSpec) -> list[str]:
@@ -89,10 +91,13 @@ class ShimmedRuntime:
                 [sys.executable, "-m", "podnet.runtime.shim", state.path],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, close_fds=True, cwd="/")
-        self._shims.append(proc)
+        with self._shims_lock:
+            self._shims.append(proc)
 
     def _reap(self) -> None:
-        self._shims = [p for p in self._shims if p.poll() is None]
+        """Collect our exited shims (a long-lived kubelet must not accumulate zombies)."""
+        with self._shims_lock:
+            self._shims = [p for p in self._shims if p.poll() is None]
 
     def status(self, container_id: str) -> ContainerInfo:
         self._reap()
