@@ -140,6 +140,7 @@ def test_exec_and_exec_timeout(runtime: ShimmedRuntime, pod_netns: str, tmp_path
     wait_until(lambda: runtime.exec(s.id, ["cat", "/tmp/health"], 5)[0] == 0, 10, "health file")
     code, out = runtime.exec(s.id, ["/bin/sh", "-c", "echo $MODE $(pwd) $(hostname); exit 4"], 5)
     assert (code, out) == (4, "probe /etc svc-0\n")
+    assert runtime.exec(s.id, ["busybox", "echo", "from-busybox"], 5) == (0, "from-busybox\n")
     with pytest.raises(ExecTimeout):
         runtime.exec(s.id, ["sleep", "5"], 0.3)
 
@@ -169,11 +170,16 @@ def test_memory_limit_enforced(runtime: ShimmedRuntime, pod_netns: str, tmp_path
     runtime.create_and_start(s)
     wait_until(lambda: runtime.status(s.id).state == "exited", 20, "hog exit")
     assert runtime.status(s.id).exit_code == 137  # OOM-killed
-    ok = spec(tmp_path, pod_netns, "fits", ["/usr/bin/python3", "-c", hog],
-              memory_limit_bytes=512 * 1024 * 1024)
+    ok = spec(tmp_path, pod_netns, "fits", ["/usr/bin/python3", "-c", hog.replace(
+        "print('survived')", "print('survived', flush=True); __import__('time').sleep(60)")],
+              memory_limit_bytes=512 * 1024 * 1024, cpu_limit_millis=250)
     runtime.create_and_start(ok)
-    wait_until(lambda: runtime.status(ok.id).state == "exited", 20, "fits exit")
-    assert runtime.status(ok.id).exit_code == 0
+    wait_until(lambda: [m for *_, m in log_lines(ok)] == ["survived"], 20, "200 MiB under 512")
+    assert runtime.status(ok.id).state == "running"
+    # the CPU limit as a CFS quota: 250 millicores = 25 ms per 100 ms period
+    cpu = (f"{cgroups.BASE}/{cgroups.PARENT}/{ok.id}/cpu.max" if cgroups.mode() == "v2"
+           else f"{cgroups.BASE}/cpu/{cgroups.PARENT}/{ok.id}/cpu.cfs_quota_us")
+    assert Path(cpu).read_text().split()[0] == "25000"
 
 
 def test_host_network_container(runtime: ShimmedRuntime, tmp_path: Path) -> None:
