@@ -216,7 +216,7 @@ class ContainerLogs:
     def log_file(self, namespace: str, pod: str, container: str, previous: bool) -> Path:
         """The current attempt's file, or the one before it for `previous` (upstream's messages)."""
         pod_dir = self.pod_dir(namespace, pod)
-        if pod_dir is None or not pod_dir.is_dir():
+        if pod_dir is None:
             raise LogError(404, f'pod "{pod}" does not exist')
         files = attempt_files(pod_dir / container)
         if previous:

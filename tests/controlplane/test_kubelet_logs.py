@@ -121,7 +121,10 @@ def test_handler_picks_the_attempt_and_answers_upstream_messages(root: Path) -> 
 
 
 def test_pod_uid_lookup_names_the_current_pod(root: Path) -> None:
-    logs = ContainerLogs(root, pod_uid=lambda ns, name: "uid-other")
+    logs = ContainerLogs(root, pod_uid=lambda ns, name: "uid-other")  # known, nothing started yet
+    assert get(logs, "/containerLogs/ns/web/c") == (
+        400, b'container "c" in pod "web" is waiting to start: ContainerCreating\n')
+    logs = ContainerLogs(root, pod_uid=lambda ns, name: None)
     assert get(logs, "/containerLogs/ns/web/c")[0] == 404
     logs = ContainerLogs(root, pod_uid=lambda ns, name: "uid-1")
     assert get(logs, "/containerLogs/ns/web/c")[0] == 200
