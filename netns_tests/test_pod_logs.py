@@ -36,8 +36,8 @@ ATTEMPT1 = ["2026-11-27T10:01:00.100000000Z stdout F one\n",
 
 class Env:
     def __init__(self, server: ApiServerProcess, client: Client, root: Path, kubeconfig: Path,
-                 kubectl: str, cache: Path) -> None:
-        self.server, self.client, self.root = server, client, root
+                 kubectl: str, cache: Path, kubelet: HttpServer) -> None:
+        self.server, self.client, self.root, self.kubelet = server, client, root, kubelet
         self.kubeconfig, self.kubectl, self.cache = kubeconfig, kubectl, cache
         self.uids: dict[str, str] = {}
 
@@ -90,7 +90,7 @@ def env(shared_apiserver: ApiServerProcess, tmp_path_factory: pytest.TempPathFac
     try:
         server.start()
         e = Env(shared_apiserver, client, root, shared_apiserver.kubeconfig(base / "kubeconfig"),
-                kubectl, base / "cache")
+                kubectl, base / "cache", server)
         e.node("logs-node", server.port)
         e.node("dead-node", free_port())  # nothing listens there
         e.pod("web", ["web"], "logs-node")
@@ -164,8 +164,22 @@ def test_follow_streams_appended_lines_and_ends_when_the_container_restarts(env:
         env.write("tailme", "t", 1, [])  # a restart: attempt 1 begins, the followed one is over
         wait_until(lambda: proc.poll() is not None, 10, "kubectl logs -f to end")
         assert proc.returncode == 0
+        wait_until(lambda: env.kubelet.active_streams == 0, 10, "the kubelet's stream to end")
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         reader.join(5)
+
+
+def test_a_follower_that_leaves_ends_the_kubelet_stream(env: Env) -> None:
+    proc = subprocess.Popen(env.argv("logs", "-f", "web", "--tail=0"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: env.kubelet.active_streams == 1, 10, "the follow to reach the kubelet")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # like Ctrl-C: the connection to the API server drops
+        proc.wait(10)
+    # the API server notices within a second of idling, closes its kubelet connection, and the
+    # kubelet's next heartbeat sees the peer gone
+    wait_until(lambda: env.kubelet.active_streams == 0, 10, "the kubelet's stream to end")

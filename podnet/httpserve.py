@@ -79,6 +79,8 @@ class HttpServer:
         self.routes = dict(routes)
         self.name = name
         self._stopping = threading.Event()
+        self._streams = 0
+        self._streams_lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), _Handler)
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -86,6 +88,12 @@ class HttpServer:
     @property
     def port(self) -> int:
         return int(self._server.server_address[1])
+
+    @property
+    def active_streams(self) -> int:
+        """Streamed replies in progress (a follower whose client left must not linger)."""
+        with self._streams_lock:
+            return self._streams
 
     @property
     def stopping(self) -> bool:
@@ -116,6 +124,8 @@ class HttpServer:
         self._stream(req, iter(reply.body))
 
     def _stream(self, req: BaseHTTPRequestHandler, chunks: Iterator[bytes]) -> None:
+        with self._streams_lock:
+            self._streams += 1
         try:
             for chunk in chunks:
                 if self._stopping.is_set():
@@ -134,6 +144,8 @@ class HttpServer:
             close = getattr(chunks, "close", None)
             if close is not None:
                 close()  # lets a generator release its file
+            with self._streams_lock:
+                self._streams -= 1
 
     def start(self) -> HttpServer:
         # a short poll interval: stop() (which waits for the accept loop to notice) stays quick
