@@ -28,7 +28,7 @@ from podnet.cluster import plan as P
 from podnet.cluster import up
 from podnet.cluster.manifest import Manifest, is_alive
 from podnet.cniruntime import Attachment, CniConfig, CniRuntime
-from podnet.testing.etcd import free_port
+from podnet.testing.etcd import EtcdProcess, free_port
 from podnet.testing.harness import Topology
 from podnet.testing.wait import wait_until
 
@@ -196,3 +196,28 @@ def sandbox_netns(state_dir: Path, node: str) -> str:
     records = list((state_dir / "nodes" / node / "kubelet" / "sandboxes").glob("*.json"))
     assert len(records) == 1
     return str(json.loads(records[0].read_text())["netns"])
+
+
+def test_external_etcd_and_host_gw(state_dir: Path, tmp_path: Path) -> None:
+    """--etcd-servers on the root namespace's loopback (relayed into the control-plane namespace):
+    the cluster's objects land in that etcd, and `down` leaves the etcd itself running."""
+    etcd = EtcdProcess(str(tmp_path / "etcd"))
+    try:
+        etcd.start()
+        res = podnet("up", "--nodes", "2", "--no-kubelet", "--flannel-backend", "host-gw",
+                     "--state-dir", str(state_dir), "--etcd-servers", etcd.endpoint,
+                     "--api-port", str(free_port()), "--timeout", "60")
+        assert res.returncode == 0, res.stderr
+        manifest = Manifest.load(state_dir / "manifest.json")
+        assert manifest.process("etcd") is None and manifest.process("etcd-relay-0") is not None
+        keys = list(etcd.kv().get_prefix("/registry/"))
+        assert all(any(k.endswith(f"/{n}") for k in keys) for n in ("node-1", "node-2"))
+        node1 = P.make_plan(str(state_dir), 2).nodes[0]
+        routes = execs.run(["ip", "route"], netns=node1.netns).stdout
+        subnet2 = json.loads(podnet("status", "--state-dir", str(state_dir), "-o", "json").stdout
+                             )["nodes"][1]["spec"]["podCIDR"]
+        assert f"{subnet2} via 10.250.0.12 dev eth0" in routes  # host-gw: a plain route, no vxlan
+        assert podnet("down", "--state-dir", str(state_dir)).returncode == 0
+        assert etcd.is_healthy()
+    finally:
+        etcd.cleanup()

@@ -69,6 +69,8 @@ def up_cmd(nodes: int, network: str, flannel_backend: str, state_dir: str, etcd_
     from podnet.cluster import plan, up
 
     servers = tuple(u for u in etcd_servers.split(",") if u)
+    if os.geteuid() != 0:
+        raise click.ClickException("podnet up needs root (it creates network namespaces)")
     try:
         cluster = plan.make_plan(state_dir, nodes, flannel_backend, servers)
     except ValueError as e:
