@@ -169,14 +169,38 @@ def tail_records(records: list[Record], lines: int | None) -> list[Record]:
     return records[starts[-lines]:] if lines < len(starts) else records
 
 
+def _records(data: bytes) -> list[Record]:
+    return [r for r in (parse_record(line) for line in data.splitlines()) if r is not None]
+
+
 def read_complete(path: Path, offset: int) -> tuple[list[Record], int]:
-    """The records of the complete (newline-terminated) lines from `offset`, and the offset after them."""
+    """The records of the complete (newline-terminated) lines from `offset`, and the offset after
+    them; a file shorter than `offset` was truncated and is read from its start."""
     with open(path, "rb") as f:
+        if f.seek(0, 2) < offset:
+            offset = 0
         f.seek(offset)
         data = f.read()
     end = data.rfind(b"\n") + 1
-    records = [r for r in (parse_record(line) for line in data[:end].splitlines()) if r is not None]
-    return records, offset + end
+    return _records(data[:end]), offset + end
+
+
+def read_tail(path: Path, lines: int, block: int = 64 * 1024) -> tuple[list[Record], int]:
+    """The records of the last `lines` lines without reading the whole file: blocks from the end,
+    growing until they hold more than `lines` full records (so the first kept line is whole)."""
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        start = size
+        while True:
+            start = max(0, start - block)
+            f.seek(start)
+            data = f.read(size - start)
+            end = data.rfind(b"\n") + 1
+            body = data[:end] if start == 0 else data[data.find(b"\n") + 1:end]  # the first line may be cut
+            records = _records(body)
+            if start == 0 or sum(1 for r in records if not r.partial) > lines:
+                return tail_records(records, lines), start + end
+            block *= 2
 
 
 class ContainerLogs:
@@ -233,7 +257,10 @@ class ContainerLogs:
         """The file's (tailed) lines, then - when following - what is appended, until the container
         stops or restarts; an empty chunk between polls lets the server notice a departed client."""
         renderer = LineRenderer(opts)
-        records, offset = read_complete(path, 0)
+        if opts.tail_lines is None:
+            records, offset = read_complete(path, 0)
+        else:
+            records, offset = read_tail(path, opts.tail_lines)
         for record in tail_records(records, opts.tail_lines):
             yield renderer.render(record)
             if renderer.exhausted:

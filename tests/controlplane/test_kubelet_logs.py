@@ -20,6 +20,8 @@ from controlplane.kubelet.logserver import (
     parse_options,
     parse_record,
     parse_time,
+    read_complete,
+    read_tail,
     routes,
     start_server,
     tail_records,
@@ -211,3 +213,32 @@ def test_start_server_serves_healthz_and_logs(root: Path) -> None:
         assert fetch(srv, "/containerLogs/ns/web/c?previous=true")[:2] == (200, b"before restart\n")
     finally:
         srv.stop()
+
+
+def test_read_tail_reads_blocks_from_the_end(tmp_path: Path) -> None:
+    path = tmp_path / "0.log"
+    lines = []
+    for i in range(500):
+        if i % 7 == 0:  # some lines arrive in partial records that straddle block edges
+            lines += [f"2026-11-27T10:00:00Z stdout P part{i}-\n", f"2026-11-27T10:00:00Z stdout F end{i}\n"]
+        else:
+            lines.append(f"2026-11-27T10:00:00Z stdout F line{i}\n")
+    lines.append("2026-11-27T10:00:00Z stdout F unterminated")  # being written: not read yet
+    path.write_text("".join(lines))
+    everything, end = read_complete(path, 0)
+    for n in (0, 1, 2, 3, 7, 8, 50, 499, 500, 900):
+        for block in (16, 100, 4096):
+            records, offset = read_tail(path, n, block)
+            assert records == tail_records(everything, n), (n, block)
+            assert offset == end
+    last3 = read_tail(path, 3, 16)[0]
+    assert render(LogOptions(tail_lines=3), last3) == b"part497-end497\nline498\nline499\n"
+
+
+def test_read_complete_restarts_a_truncated_file(tmp_path: Path) -> None:
+    path = tmp_path / "0.log"
+    path.write_text("2026-11-27T10:00:00Z stdout F a long first line\n")
+    _, offset = read_complete(path, 0)
+    path.write_text("2026-11-27T10:00:01Z stdout F b\n")
+    records, _ = read_complete(path, offset)
+    assert [r.content for r in records] == [b"b"]
