@@ -202,11 +202,18 @@ def test_kill_9_and_restart_adopts_without_a_second_sandbox(topo: Topology, node
                                                             client: Client) -> None:
     start(topo, node)
     client.create(PODS, pod("sleeper", node.name, command=["sleep", "1000"]), "default")
-    p = wait_until(lambda: running(client, "sleeper"), timeout=30, what="pod sleeper Running")
+    client.create(PODS, pod("doomed", node.name, command=["sleep", "1000"]), "default")
+    p = wait_until(lambda: (r := running(client, "sleeper"))
+                   and r["status"]["containerStatuses"][0]["state"].get("running", {}).get("startedAt") and r,
+                   timeout=30, what="pod sleeper Running with its start time")
+    d = wait_until(lambda: running(client, "doomed"), timeout=30, what="pod doomed Running")
+    doomed_netns = f"podnet-{d['metadata']['uid'].replace('-', '')[:12]}"
     ip, started = p["status"]["podIP"], p["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
     assert node.proc is not None
     topo.kill(node.proc, signal.SIGKILL)
-    # while the kubelet is down the pod goes; the restarted kubelet must clean up after it too
+    # while the kubelet is down one pod is force-deleted and another created: the restarted kubelet
+    # tears down the first's sandbox (CNI DEL, netns, containers) and starts the second
+    client.delete(PODS, "doomed", "default", grace_period_seconds=0)
     client.create(PODS, pod("other", node.name, command=["sleep", "1000"]), "default")
     start(topo, node)
     o = wait_until(lambda: running(client, "other"), timeout=30, what="pod other Running after restart")
@@ -216,6 +223,9 @@ def test_kill_9_and_restart_adopts_without_a_second_sandbox(topo: Topology, node
     assert cs["restartCount"] == 0 and cs["state"]["running"]["startedAt"] == started
     assert len(list((node.work / "root" / "sandboxes").glob("*.json"))) == 2
     assert o["status"]["podIP"] != ip
+    wait_until(lambda: not netns.exists(doomed_netns), timeout=10, what="the force-deleted pod's netns gone")
+    cached = [p.name for p in (node.work / "cni" / "results").glob("*")]
+    assert len(cached) == 2 and not any(doomed_netns in n for n in cached)
     for name in ("sleeper", "other"):
         client.delete(PODS, name, "default", grace_period_seconds=1)
     wait_until(lambda: get_pod(client, "sleeper") is None and get_pod(client, "other") is None, timeout=20,

@@ -87,7 +87,7 @@ def build(args: argparse.Namespace, client: Client) -> Kubelet:
     runtime = make_runtime(args.container_runtime, args.root_dir)
     cfg = NodeConfig(name=name, node_ip=node_ip, port=args.port, max_pods=args.max_pods,
                      labels=args.node_labels, lease_duration=args.node_lease_duration_seconds,
-                     runtime_name=args.container_runtime)
+                     runtime_name=args.container_runtime, register=args.register_node)
     cni = CniRuntime(args.cni_bin_dir.split(":"), cache_dir=args.cni_cache_dir)
     sandboxes = Sandboxes(args.root_dir, cni, args.cni_conf_dir)
     syncer = PodSyncer(client, {}, runtime, sandboxes, host_ip=node_ip, logs_root=args.pod_logs_dir,

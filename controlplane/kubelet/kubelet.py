@@ -124,7 +124,14 @@ class Kubelet:
 
     # ------------------------------------------------------------------ the loop
     def run(self, stop: threading.Event) -> None:
-        self.node.register()
+        while True:  # the API server may not be up yet (a node booting with the control plane)
+            try:
+                self.node.register()
+                break
+            except Exception as e:
+                log.warning("registering node %s: %s: %s; retrying", self.node.cfg.name, type(e).__name__, e)
+                if stop.wait(1.0):
+                    return
         self.node.renew_lease()
         self.node.update_status(self.network_ready())
         self.informer.start()

@@ -56,6 +56,7 @@ class NodeConfig:
     labels: dict[str, str] = field(default_factory=dict)
     lease_duration: int = 40
     runtime_name: str = "process"
+    register: bool = True  # --register-node=false: the Node is made by someone else; wait for it
 
 
 def now_rfc3339() -> str:
@@ -164,6 +165,9 @@ class NodeAgent:
 
     def register(self) -> Obj:
         """Create the Node, or adopt the existing one (labels merged in)."""
+        if not self.cfg.register:
+            self.node = self.api.get(NODES, self.cfg.name)
+            return self.node
         try:
             self.node = self.api.create(NODES, node_object(self.cfg))
             log.info("registered node %s", self.cfg.name)

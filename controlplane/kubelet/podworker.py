@@ -62,6 +62,8 @@ class Probes(Protocol):
 
     def ready(self, pod_uid: str, container: str) -> bool: ...
 
+    def liveness_failure(self, pod_uid: str, container: str) -> str | None: ...
+
     def forget(self, pod_uid: str) -> None: ...
 
 
@@ -72,8 +74,16 @@ class NoProbes:
     def ready(self, pod_uid: str, container: str) -> bool:
         return True
 
+    def liveness_failure(self, pod_uid: str, container: str) -> str | None:
+        return None
+
     def forget(self, pod_uid: str) -> None:
         pass
+
+
+def object_name(pod: Mapping[str, Any]) -> str:
+    meta = pod.get("metadata") or {}
+    return f"{meta.get('namespace')}/{meta.get('name')}"
 
 
 def grace_seconds(pod: Mapping[str, Any]) -> float:
@@ -119,6 +129,7 @@ class PodSyncer:
         uid = str(pod["metadata"]["uid"])
         sb = self.sandboxes.ensure(pod)
         self.probes.update(pod)
+        self.kill_unhealthy(pod)
         infos = self.start_missing(key, pod, sb)
         ips = sb.ips if sb.netns else [self.host_ip]  # hostNetwork: the pod IP is the node's
         desired = podstatus.pod_status(pod, infos, ips, self.host_ip,
@@ -132,6 +143,16 @@ class PodSyncer:
         if desired["phase"] in podstatus.TERMINAL_PHASES:
             self.kill_pod(uid, grace_seconds(pod), sb, keep_containers=True)
         self.post_status(pod, desired)
+
+    def kill_unhealthy(self, pod: Obj) -> None:
+        """A failed liveness/startup probe: stop the container with the pod's grace period; the
+        restart policy then decides, as for any exit (upstream killContainer + SyncPod)."""
+        uid = str(pod["metadata"]["uid"])
+        for name, attempts in podstatus.latest_by_name(self.containers_of(uid)).items():
+            reason = self.probes.liveness_failure(uid, name)
+            if reason and attempts[0].state == "running":
+                log.info("pod %s: %s", object_name(pod), reason)
+                self.runtime.stop(attempts[0].id, grace_seconds(pod))
 
     def start_missing(self, key: str, pod: Obj, sb: Sandbox) -> list[ContainerInfo]:
         """Start each container that never ran, or restart an exited one once its back-off passed."""

@@ -171,6 +171,34 @@ def test_backoff_requeues_instead_of_restarting(world: Any) -> None:
     assert waiting["reason"] == "CrashLoopBackOff" and waiting["message"].startswith("back-off 10s")
 
 
+class DeadProbes:
+    """A prober whose liveness probe of container "c" has failed."""
+
+    def update(self, pod: Mapping[str, Any]) -> None:
+        pass
+
+    def ready(self, pod_uid: str, container: str) -> bool:
+        return False
+
+    def liveness_failure(self, pod_uid: str, container: str) -> str | None:
+        return "Container c failed liveness probe, will be restarted" if container == "c" else None
+
+    def forget(self, pod_uid: str) -> None:
+        pass
+
+
+def test_liveness_failure_kills_and_restart_policy_restarts(world: Any) -> None:
+    syncer, cache, runtime, _, _, api = world
+    cache["ns/p"] = make_pod()
+    syncer.sync("ns/p")
+    syncer.probes = DeadProbes()
+    syncer.sync("ns/p")
+    assert runtime.stop_graces == {"podnet-uid-1111-222-c-0": 7.0}  # terminationGracePeriodSeconds
+    assert runtime.infos["podnet-uid-1111-222-c-1"].state == "running"
+    cs = api.patches[-1][2]["status"]["containerStatuses"][0]
+    assert cs["ready"] is False and cs["restartCount"] == 1
+
+
 def test_graceful_termination_then_final_delete(world: Any) -> None:
     syncer, cache, runtime, cni, nss, api = world
     cache["ns/p"] = make_pod()
