@@ -15,7 +15,6 @@ We never delete our own lease on shutdown: a restarted host finds it by PublicIP
 
 from __future__ import annotations
 
-import logging
 import random
 import threading
 import time
@@ -35,11 +34,12 @@ from flanneld.lease import (
 )
 from flanneld.subnet.allocate import Plan, plan_acquire
 from flanneld.subnet.base import LeaseLost, SubnetError
+from podnet.log import get_logger
 from podnet.store.base import AlreadyExists, Compacted, Conflict, Event, KeyValue, NotFound, Store
 
 __all__ = ["RACE_RETRIES", "SUBNET_TTL", "EtcdSubnetManager"]
 
-log = logging.getLogger(__name__)
+log = get_logger("flanneld.subnet")
 
 SUBNET_TTL = 24 * 3600  # upstream subnetTTL
 RACE_RETRIES = 10  # upstream raceRetries

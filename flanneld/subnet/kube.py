@@ -16,7 +16,6 @@ As upstream (flannel pkg/subnet/kube/{kube.go,annotations.go}):
 from __future__ import annotations
 
 import json
-import logging
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -28,10 +27,11 @@ from flanneld.lease import Lease
 from flanneld.subnet.base import SubnetError
 from podnet.api.client import NODES, ApiError, Resource
 from podnet.api.informer import Handlers, Informer, ListWatcher
+from podnet.log import get_logger
 
 __all__ = ["ANNOTATION_PREFIX", "KubeApi", "KubeSubnetManager", "lease_from_node", "own_annotations"]
 
-log = logging.getLogger(__name__)
+log = get_logger("flanneld.subnet")
 
 ANNOTATION_PREFIX = "flannel.alpha.coreos.com"  # upstream --kube-annotation-prefix default
 RESYNC_PERIOD = 300.0  # upstream node informer resync (5 min)
