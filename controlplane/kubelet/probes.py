@@ -76,6 +76,13 @@ class Prober(Protocol):
     def probe(self, spec: ProbeSpec, target: ProbeTarget) -> ProbeResult: ...
 
 
+class Recorder(Protocol):
+    """podnet.api.events.EventRecorder's caller side."""
+
+    def event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str, *,
+              kind: str | None = None, api_version: str | None = None) -> bool: ...
+
+
 @dataclass
 class Worker:
     spec: ProbeSpec
@@ -145,9 +152,11 @@ class ProbeManager:
     """The probe workers of every pod on the node, run by one thread (`start`) or `run_once`."""
 
     def __init__(self, prober: Prober, *, clock: Callable[[], float] = time.time,
-                 on_change: Callable[[str], None] | None = None, parallel: int = 8) -> None:
-        self.prober, self.clock = prober, clock
+                 on_change: Callable[[str], None] | None = None, recorder: Recorder | None = None,
+                 parallel: int = 8) -> None:
+        self.prober, self.clock, self.recorder = prober, clock, recorder
         self.on_change = on_change or (lambda key: None)
+        self._pods: dict[str, Mapping[str, Any]] = {}  # uid -> the pod, for events
         self._workers: dict[WorkerKey, Worker] = {}
         self._targets: dict[WorkerKey, ProbeTarget] = {}
         self._pod_keys: dict[str, str] = {}  # uid -> namespace/name
@@ -165,6 +174,7 @@ class ProbeManager:
         wanted: set[WorkerKey] = set()
         with self._lock:
             self._pod_keys[uid] = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+            self._pods[uid] = pod
             for container in (pod.get("spec") or {}).get("containers") or []:
                 name = str(container.get("name", ""))
                 cid, started_at = running_state(pod, name)
@@ -223,6 +233,7 @@ class ProbeManager:
                 del self._workers[key]
                 self._targets.pop(key, None)
             self._pod_keys.pop(pod_uid, None)
+            self._pods.pop(pod_uid, None)
 
     # ------------------------------------------------------------------ probing
     def due(self, now: float) -> list[tuple[WorkerKey, Worker, ProbeTarget]]:
@@ -245,6 +256,12 @@ class ProbeManager:
             with self._lock:
                 if self._workers.get(key) is not w:
                     continue  # the container restarted or the pod went while probing
+                pod = self._pods.get(key[0])
+                if not result.ok and self.recorder is not None and pod is not None:
+                    # upstream: a Warning "Unhealthy" event for every failed probe, thresholds aside
+                    self.recorder.event(pod, "Warning", "Unhealthy",
+                                        f"{key[2].capitalize()} probe failed: {result.message}",
+                                        kind="Pod", api_version="v1")
                 if apply_outcome(w, result.ok, result.message):
                     log.info("%s probe of %s/%s: %s %s", key[2], self._pod_keys.get(key[0], key[0]), key[1],
                              "success" if result.ok else "failure", result.message[:200])

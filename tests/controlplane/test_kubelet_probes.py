@@ -296,3 +296,28 @@ def test_http_and_tcp_probes_against_a_real_server(web: tuple[int, list[dict[str
     assert refused == ProbeResult(False, f"dial tcp 127.0.0.1:{free}: connect: connection refused")
     assert not prober.probe(ProbeSpec.from_api("liveness", {"httpGet": {"port": free}}), target).ok
     assert not prober.probe(ProbeSpec.from_api("liveness", {"tcpSocket": {"port": "nope"}}), target).ok
+
+
+class FakeRecorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str, str]] = []
+
+    def event(self, obj: Any, type_: str, reason: str, message: str, *, kind: str | None = None,
+              api_version: str | None = None) -> bool:
+        self.events.append((obj["metadata"]["name"], type_, reason, message))
+        return True
+
+
+def test_every_failed_probe_is_an_unhealthy_event() -> None:
+    prober, clock, recorder = FakeProber(), Clock(), FakeRecorder()
+    mgr = ProbeManager(prober, clock=clock, recorder=recorder)
+    try:
+        prober.results["readiness"] = ProbeResult(False, "HTTP probe failed with statuscode: 503")
+        mgr.update(pod({"readinessProbe": http_probe(periodSeconds=1)}))
+        mgr.run_once()
+        clock.now += 1
+        mgr.run_once()
+        assert recorder.events == [("web", "Warning", "Unhealthy",
+                                    "Readiness probe failed: HTTP probe failed with statuscode: 503")] * 2
+    finally:
+        mgr.stop()
