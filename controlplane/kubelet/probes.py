@@ -166,8 +166,11 @@ class ProbeManager:
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ the pod worker's side
-    def update(self, pod: Mapping[str, Any]) -> None:
-        """Add/refresh/remove the workers of `pod` from its spec and its last posted status."""
+    def update(self, pod: Mapping[str, Any],
+               states: Mapping[str, tuple[str, float | None]] | None = None) -> None:
+        """Add/refresh/remove the workers of `pod` from its spec and its last posted status, or -
+        fresher - `states`: container name -> (container ID, running since or None) as the runtime
+        reports it (so a container restarted between two status posts starts over at once)."""
         meta = pod.get("metadata") or {}
         uid = str(meta.get("uid") or "")
         pod_ip = str((pod.get("status") or {}).get("podIP") or "")
@@ -177,7 +180,7 @@ class ProbeManager:
             self._pods[uid] = pod
             for container in (pod.get("spec") or {}).get("containers") or []:
                 name = str(container.get("name", ""))
-                cid, started_at = running_state(pod, name)
+                cid, started_at = states[name] if states and name in states else running_state(pod, name)
                 for kind in KINDS:
                     probe = container.get(FIELDS[kind])
                     if not probe:

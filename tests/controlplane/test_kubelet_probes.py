@@ -321,3 +321,16 @@ def test_every_failed_probe_is_an_unhealthy_event() -> None:
                                     "Readiness probe failed: HTTP probe failed with statuscode: 503")] * 2
     finally:
         mgr.stop()
+
+
+def test_runtime_states_override_the_posted_status(env: Any) -> None:
+    mgr, _prober, _clock, _ = env
+    probes = {"readinessProbe": http_probe()}
+    mgr.update(pod(probes))
+    mgr.run_once()
+    assert mgr.ready("u1", "app")
+    # the container crashed and was restarted before any status was posted: the runtime knows
+    mgr.update(pod(probes), {"app": ("c2", T0 + 30)})
+    assert not mgr.ready("u1", "app")
+    mgr.update(pod(probes), {"app": ("c2", None)})
+    assert not mgr.ready("u1", "app")
