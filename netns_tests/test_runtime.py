@@ -18,7 +18,7 @@ import pytest
 
 from podnet import execs
 from podnet.runtime import cgroups
-from podnet.runtime.base import ContainerSpec, Mount, parse_cri_line, pid_alive
+from podnet.runtime.base import ContainerSpec, Mount, RuntimeFailure, parse_cri_line, pid_alive
 from podnet.runtime.common import ExecTimeout, ShimmedRuntime
 from podnet.runtime.crun import CrunRuntime, available
 from podnet.runtime.process import ProcessRuntime
@@ -141,8 +141,15 @@ def test_exec_and_exec_timeout(runtime: ShimmedRuntime, pod_netns: str, tmp_path
     code, out = runtime.exec(s.id, ["/bin/sh", "-c", "echo $MODE $(pwd) $(hostname); exit 4"], 5)
     assert (code, out) == (4, "probe /etc svc-0\n")
     assert runtime.exec(s.id, ["busybox", "echo", "from-busybox"], 5) == (0, "from-busybox\n")
+    began = time.monotonic()
     with pytest.raises(ExecTimeout):
-        runtime.exec(s.id, ["sleep", "5"], 0.3)
+        runtime.exec(s.id, ["sleep", "30"], 0.3)
+    assert time.monotonic() - began < 3
+    # the overrunning command was killed inside the container, not left behind
+    assert runtime.exec(s.id, ["/bin/sh", "-c", "ps -e -o comm= | grep -c sleep"], 5) == (0, "1\n")
+    runtime.stop(s.id, 0)
+    with pytest.raises(RuntimeFailure):
+        runtime.exec(s.id, ["true"], 1)
 
 
 def test_list_adopts_after_runtime_restart(runtime: ShimmedRuntime, pod_netns: str,

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from podnet.log import get_logger
 from podnet.runtime import cgroups
@@ -36,6 +37,30 @@ STATE_FILES = ("spec.json", "shim.json", "shim.pid", "child.pid", "init.pid", "s
 
 class ExecTimeout(RuntimeFailure):
     """An exec (probe) did not finish within its timeout."""
+
+
+# `timeout` exits 124 when it had to stop the command.
+TIMED_OUT = 124
+# Beyond the in-container deadline, how long we wait for the exec machinery itself.
+EXEC_SLACK = 5.0
+
+
+def timed(argv: list[str], timeout: float) -> list[str]:
+    """argv under coreutils' timeout *inside* the container: a probe that overruns is killed
+    there (TERM, KILL 0.5 s later) instead of lingering in the container's pid namespace."""
+    return ["timeout", "--kill-after=0.5", f"{max(timeout, 0.001):.3f}", *argv]
+
+
+def exec_result(cid: str, run: Callable[[float], subprocess.CompletedProcess[str]],
+                timeout: float) -> tuple[int, str]:
+    """Run an exec launcher (given the outer timeout); map a timeout either way to ExecTimeout."""
+    try:
+        proc = run(timeout + EXEC_SLACK)
+    except subprocess.TimeoutExpired as exc:
+        raise ExecTimeout(f"exec in {cid} timed out after {timeout}s") from exc
+    if proc.returncode == TIMED_OUT:
+        raise ExecTimeout(f"exec in {cid} timed out after {timeout}s")
+    return proc.returncode, proc.stdout + proc.stderr
 
 
 class ShimmedRuntime:

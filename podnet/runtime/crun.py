@@ -17,11 +17,9 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 from typing import Any
 
 from podnet import execs
-from podnet.errors import PodnetError
 from podnet.runtime import cgroups
 from podnet.runtime.base import (
     DEFAULT_ROOT,
@@ -31,7 +29,7 @@ from podnet.runtime.base import (
     pid_alive,
     pid_record,
 )
-from podnet.runtime.common import LOG, ExecTimeout, ShimmedRuntime
+from podnet.runtime.common import LOG, ShimmedRuntime, exec_result, timed
 from podnet.runtime.process import container_env
 
 SYSFS = {"destination": "/sys", "type": "sysfs", "source": "sysfs",
@@ -166,12 +164,10 @@ class CrunRuntime(ShimmedRuntime):
     def exec(self, container_id: str, argv: list[str], timeout: float) -> tuple[int, str]:
         state = StateDir(self.root, container_id)
         spec = state.spec()
+        if self._pid(state) is None:
+            raise RuntimeFailure(f"container {container_id} is not running")
         env = [a for k, v in container_env(spec).items() for a in ("--env", f"{k}={v}")]
-        cmd = self._crun("exec", "--cwd", spec.working_dir or "/", *env, container_id, *argv)
-        try:
-            proc = execs.run(cmd, check=False, timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            raise ExecTimeout(f"exec in {container_id} timed out after {timeout}s") from exc
-        except PodnetError as exc:
-            raise RuntimeFailure(str(exc)) from exc
-        return proc.returncode, proc.stdout + proc.stderr
+        cmd = self._crun("exec", "--cwd", spec.working_dir or "/", *env, container_id,
+                         *timed(argv, timeout))
+        return exec_result(container_id, lambda t: execs.run(cmd, check=False, timeout=t),
+                           timeout)

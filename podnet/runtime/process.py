@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-import subprocess
 
 from podnet import execs
 from podnet.runtime import cgroups
@@ -24,7 +23,7 @@ from podnet.runtime.base import (
     StateDir,
     pid_alive,
 )
-from podnet.runtime.common import ExecTimeout, ShimmedRuntime
+from podnet.runtime.common import ShimmedRuntime, exec_result, timed
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -94,9 +93,6 @@ class ProcessRuntime(ShimmedRuntime):
             raise RuntimeFailure(f"container {container_id} is not running")
         env = [f"{k}={v}" for k, v in container_env(spec).items()]
         full = ["nsenter", "-t", str(pid), "--net", "--pid", "--mount", "--uts", "--ipc",
-                "--root", "--wd", "--", "env", "-i", *env, *argv]
-        try:
-            proc = execs.run(full, check=False, timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            raise ExecTimeout(f"exec in {container_id} timed out after {timeout}s") from exc
-        return proc.returncode, proc.stdout + proc.stderr
+                "--root", "--wd", "--", "env", "-i", *env, *timed(argv, timeout)]
+        return exec_result(container_id, lambda t: execs.run(full, check=False, timeout=t),
+                           timeout)

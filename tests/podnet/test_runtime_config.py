@@ -10,6 +10,7 @@ import pytest
 
 from podnet.runtime import cgroups
 from podnet.runtime.base import MAX_LOG_LINE, ContainerSpec, Mount, parse_cri_line
+from podnet.runtime.common import timed
 from podnet.runtime.crun import oci_config
 from podnet.runtime.process import container_env, launcher, prelude
 from podnet.runtime.shim import LineSplitter, exit_code_of
@@ -122,3 +123,7 @@ def test_line_splitter_full_partial_and_flush() -> None:
 @pytest.mark.parametrize(("rc", "want"), [(0, 0), (3, 3), (-9, 137), (-15, 143)])
 def test_exit_code_of(rc: int, want: int) -> None:
     assert exit_code_of(rc) == want
+
+
+def test_exec_runs_under_an_in_container_timeout() -> None:
+    assert timed(["cat", "/ready"], 1.5) == ["timeout", "--kill-after=0.5", "1.500", "cat", "/ready"]
