@@ -185,6 +185,30 @@ def test_container_logs_are_served_on_the_kubelet_port(topo: Topology, node: Nod
     assert body == "hello from talker\n"
 
 
+def test_probes_drive_readiness_and_liveness_restarts(topo: Topology, node: Node, client: Client) -> None:
+    start(topo, node)
+    slow = pod("slow", node.name, command=["sh", "-c", "sleep 2; touch /tmp/ready; sleep 1000"])
+    slow["spec"]["containers"][0]["readinessProbe"] = {
+        "exec": {"command": ["test", "-e", "/tmp/ready"]}, "periodSeconds": 1}
+    sick = pod("sick", node.name, command=["sleep", "1000"], grace=1)
+    sick["spec"]["containers"][0]["livenessProbe"] = {
+        "exec": {"command": ["false"]}, "periodSeconds": 1, "failureThreshold": 1}
+    client.create(PODS, slow, "default")
+    client.create(PODS, sick, "default")
+    p = wait_until(lambda: running(client, "slow"), timeout=30, what="pod slow Running")
+    assert {c["type"]: c["status"] for c in p["status"]["conditions"]}["Ready"] == "False"
+    wait_until(lambda: _pod_ready(client, "slow"), timeout=15, what="pod slow Ready once its probe passes")
+    wait_until(lambda: (s := get_pod(client, "sick")) and any(
+        c["restartCount"] >= 1 for c in (s.get("status") or {}).get("containerStatuses") or []),
+        timeout=20, what="pod sick restarted after its liveness probe failed")
+
+
+def _pod_ready(client: Client, name: str) -> bool:
+    p = get_pod(client, name) or {}
+    conditions = (p.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
 def fetch(host: Host, url: str) -> str:
     conn = http.client.HTTPConnection("127.0.0.1", 10250, timeout=5)
     try:

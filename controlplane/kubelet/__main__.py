@@ -26,6 +26,7 @@ from controlplane.kubelet.kubelet import Kubelet, Periods
 from controlplane.kubelet.logserver import ContainerLogs, routes
 from controlplane.kubelet.node import NodeAgent, NodeConfig, detect_node_ip
 from controlplane.kubelet.podworker import PodSyncer
+from controlplane.kubelet.probes import ProbeManager, RuntimeProber
 from controlplane.kubelet.sandbox import Sandboxes
 from podnet.api.client import Client
 from podnet.api.kubeconfig import load_kubeconfig
@@ -105,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     client = Client.from_config(load_kubeconfig(args.kubeconfig), user_agent="podnet-kubelet")
     stop = stop_event_on_signals(signal.SIGTERM, signal.SIGINT)
     kubelet = build(args, client)
+    probes = ProbeManager(RuntimeProber(kubelet.runtime.exec), on_change=kubelet.poke)
+    kubelet.syncer.probes = probes
+    probes.start()
     logs = ContainerLogs(Path(args.pod_logs_dir), pod_uid=kubelet.pod_uid, running=kubelet.container_running)
     server = HttpServer(args.address, args.port, routes(logs), name="kubelet-server").start()
     log.info("kubelet for node %s (ip %s, runtime %s) starting; serving on %s:%d", kubelet.node.cfg.name,
@@ -113,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kubelet.run(stop)
     finally:
         server.stop()
+        probes.stop()
         client.close()
     return 0
 

@@ -85,6 +85,11 @@ class Kubelet:
         except CniError:
             return False
 
+    def poke(self, key: str) -> None:
+        """Sync `key` soon (a probe result flipped)."""
+        self.dirty.mark(key)
+        self.wake.set()
+
     def pod_uid(self, namespace: str, name: str) -> str | None:
         """The uid of the pod of that name bound here (the log server reads that pod's logs)."""
         pod = self.informer.get(f"{namespace}/{name}")
