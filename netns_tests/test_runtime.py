@@ -92,19 +92,21 @@ def test_empty_dir_shared_host_path_read_only(runtime: ShimmedRuntime, pod_netns
     empty.mkdir()
     host.mkdir()
     (host / "config").write_text("from-host\n")
-    vols = [Mount(str(empty), "/tmp/cache"), Mount(str(host), "/tmp/etc-app", read_only=True)]
+    (tmp_path / "app.conf").write_text("file-mount\n")
+    vols = [Mount(str(empty), "/tmp/cache"), Mount(str(host), "/tmp/etc-app", read_only=True),
+            Mount(str(tmp_path / "app.conf"), "/tmp/conf/app.conf", read_only=True)]
     writer = spec(tmp_path, pod_netns, "writer", ["/bin/sh", "-c",
                   "echo shared > /tmp/cache/x; touch /tmp/etc-app/y || echo ro-refused; "
                   "touch /should-fail || echo rootfs-ro"], mounts=vols)
     runtime.create_and_start(writer)
     wait_until(lambda: runtime.status(writer.id).state == "exited", 10, "writer exit")
     reader = spec(tmp_path, pod_netns, "reader", ["/bin/sh", "-c",
-                  "cat /tmp/cache/x /tmp/etc-app/config"], mounts=vols)
+                  "cat /tmp/cache/x /tmp/etc-app/config /tmp/conf/app.conf"], mounts=vols)
     runtime.create_and_start(reader)
     wait_until(lambda: runtime.status(reader.id).state == "exited", 10, "reader exit")
     assert [m for *_, m in log_lines(writer) if not m.startswith("touch")] == [
         "ro-refused", "rootfs-ro"]
-    assert [m for *_, m in log_lines(reader)] == ["shared", "from-host"]
+    assert [m for *_, m in log_lines(reader)] == ["shared", "from-host", "file-mount"]
     assert (empty / "x").read_text() == "shared\n"
     assert not (host / "y").exists() and not os.path.exists("/should-fail")
 

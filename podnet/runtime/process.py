@@ -48,7 +48,12 @@ def prelude(spec: ContainerSpec, rootfs: str, cgroup_dirs: list[str]) -> str:
               f"mount -t tmpfs -o mode=1777,nosuid podnet-tmp {q(r + '/tmp')}"]
     for m in spec.mounts:
         target = q(r + "/" + m.container_path.lstrip("/"))
-        lines += [f"mkdir -p {target}", f"mount --rbind {q(m.host_path)} {target}"]
+        if os.path.isdir(m.host_path) or not os.path.exists(m.host_path):
+            lines.append(f"mkdir -p {target}")
+        else:  # a file (resolv.conf, a hostPath File): bind it onto a file
+            lines.append(f"mkdir -p {q(os.path.dirname(r + '/' + m.container_path.lstrip('/')))}")
+            lines.append(f"[ -e {target} ] || touch {target}")
+        lines.append(f"mount --rbind {q(m.host_path)} {target}")
         if m.read_only:
             lines.append(f"mount -o remount,bind,ro {target}")
     lines.append(f"mount -o remount,bind,ro {q(r)}")
