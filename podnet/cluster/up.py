@@ -74,10 +74,13 @@ def _begin(plan: P.ClusterPlan) -> Manifest:
     if existed and any(plan.state_dir.iterdir()):
         raise ClusterError(f"{plan.state_dir} is not empty and holds no podnet cluster; "
                            "choose another --state-dir")
+    top = plan.state_dir
+    while not top.parent.exists():
+        top = top.parent  # the first directory mkdir -p creates: `down` removes up to it
     plan.state_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(path=plan.manifest_path, prefix=plan.prefix,
-                        info={"keep_state_dir": existed, "backend": plan.backend,
-                              "nodes": [n.name for n in plan.nodes]})
+                        info={"keep_state_dir": existed, "created_top": str(top),
+                              "backend": plan.backend, "nodes": [n.name for n in plan.nodes]})
     manifest.save()
     return manifest
 
@@ -313,7 +316,21 @@ def down(state_dir: Path, *, echo: Echo = print) -> bool:
     with contextlib.suppress(OSError):
         Path(P.RUN_ROOT).rmdir()  # shared by all clusters: only when no other one uses it
     _remove_state(Path(state_dir), bool(m.info.get("keep_state_dir")))
+    _remove_created_parents(Path(state_dir), m.info.get("created_top"))
     return True
+
+
+def _remove_created_parents(state_dir: Path, top: str | None) -> None:
+    """The parents `up` created for the state dir (mkdir -p), while empty: nothing else uses them."""
+    if not top or state_dir.exists() or not state_dir.is_relative_to(top):
+        return
+    d = state_dir.parent
+    while d.is_relative_to(top):
+        try:
+            d.rmdir()
+        except OSError:
+            return  # not empty (someone else's files) or already gone
+        d = d.parent
 
 
 def _drain(m: Manifest, echo: Echo) -> None:

@@ -75,3 +75,18 @@ def test_cli_up_refuses_bad_options_before_creating_anything(tmp_path: Path) -> 
     res = CliRunner().invoke(cli.main, ["up", "--nodes", "0", "--state-dir", str(tmp_path / "x")])
     assert res.exit_code == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_down_removes_the_parents_up_created_but_not_older_ones(tmp_path: Path) -> None:
+    state = tmp_path / "a" / "b" / "state"
+    up._begin(P.make_plan(str(state), 1))
+    assert up.down(state, echo=lambda _m: None) is True
+    assert not (tmp_path / "a").exists() and tmp_path.exists()
+
+
+def test_down_keeps_a_created_parent_that_gained_other_files(tmp_path: Path) -> None:
+    state = tmp_path / "a" / "state"
+    up._begin(P.make_plan(str(state), 1))
+    (tmp_path / "a" / "other").write_text("not ours")
+    assert up.down(state, echo=lambda _m: None) is True
+    assert not state.exists() and (tmp_path / "a" / "other").exists()
