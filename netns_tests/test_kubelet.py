@@ -174,6 +174,20 @@ def test_pod_runs_is_reachable_and_terminates_gracefully(topo: Topology, node: N
     assert not list((node.work / "cni" / "results").glob("*")), "CNI DEL dropped the cached result"
 
 
+def test_termination_waits_the_grace_period_for_a_process_ignoring_sigterm(topo: Topology, node: Node,
+                                                                          client: Client) -> None:
+    """`sleep` as its pid namespace's init ignores SIGTERM: the kubelet must wait the pod's
+    terminationGracePeriodSeconds, then SIGKILL, then remove the pod."""
+    start(topo, node)
+    client.create(PODS, pod("stubborn", node.name, command=["sleep", "1000"], grace=2), "default")
+    wait_until(lambda: running(client, "stubborn"), timeout=30, what="pod stubborn Running")
+    began = time.monotonic()
+    client.delete(PODS, "stubborn", "default")
+    wait_until(lambda: get_pod(client, "stubborn") is None, timeout=15, what="pod stubborn gone")
+    took = time.monotonic() - began
+    assert 1.8 <= took < 8, f"deletion took {took:.1f}s with a 2 s grace period"
+
+
 def test_container_logs_are_served_on_the_kubelet_port(topo: Topology, node: Node, client: Client) -> None:
     start(topo, node)
     client.create(PODS, pod("talker", node.name, command=["sh", "-c", "echo hello from talker; sleep 1000"]),

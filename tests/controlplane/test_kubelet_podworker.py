@@ -274,3 +274,35 @@ def test_node_registration_lease_and_status() -> None:
     assert sub == "status"
     assert {c["type"]: c["status"] for c in patch["status"]["conditions"]}["Ready"] == "False"
     assert NODES.plural == "nodes" and PODS.plural == "pods"
+
+
+def test_host_network_pod_gets_no_netns_or_cni_and_the_node_ip(world: Any) -> None:
+    syncer, cache, runtime, cni, nss, api = world
+    p = make_pod()
+    p["spec"]["hostNetwork"] = True
+    cache["ns/p"] = p
+    syncer.sync("ns/p")
+    assert cni.calls == [] and nss.names == set()
+    assert runtime.specs["podnet-uid-1111-222-c-0"].netns_path == ""
+    assert api.patches[-1][2]["status"]["podIP"] == "10.0.0.1"
+    cache["ns/p"] = {**p, "metadata": {**p["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}}
+    syncer.sync("ns/p")
+    assert cni.calls == [] and runtime.infos == {} and api.deletes[-1][0] == "p"
+
+
+def test_cni_failure_leaves_a_record_so_the_next_sync_retries(world: Any) -> None:
+    syncer, cache, _, cni, nss, _ = world
+
+    def broken(net: CniConfig, att: Attachment) -> Obj:
+        raise RuntimeError("plugin failed")
+
+    cni.add = broken
+    cache["ns/p"] = make_pod()
+    with pytest.raises(RuntimeError):
+        syncer.sync("ns/p")
+    sb = syncer.sandboxes.get("uid-1111-2222")
+    assert sb is not None and not sb.ready  # recorded before the ADD: found again after a crash
+    del cni.add
+    syncer.sync("ns/p")
+    sb = syncer.sandboxes.get("uid-1111-2222")
+    assert sb is not None and sb.ready and sb.ips == ["10.1.0.3"] and nss.names == {"podnet-uid11112222"}
