@@ -158,8 +158,11 @@ def _ready(client: Client, name: str) -> dict[str, Any] | None:
 
 def test_pod_runs_is_reachable_and_terminates_gracefully(topo: Topology, node: Node, client: Client) -> None:
     start(topo, node)
+    wait_until(lambda: _ready(client, node.name), timeout=20, what="node Ready")
+    began = time.monotonic()
     client.create(PODS, pod("web", node.name, command=["busybox", "httpd", "-f", "-p", "8080"]), "default")
     p = wait_until(lambda: running(client, "web"), timeout=30, what="pod web Running with an IP")
+    print(f"pod web Running with IP {p['status']['podIP']} {time.monotonic() - began:.2f}s after create")
     ip, uid = p["status"]["podIP"], p["metadata"]["uid"]
     assert ip.startswith(f"{SUBNET}.") and p["status"]["hostIP"] == node.host.ip
     cs = p["status"]["containerStatuses"][0]
