@@ -111,6 +111,21 @@ def test_empty_dir_shared_host_path_read_only(runtime: ShimmedRuntime, pod_netns
     assert not (host / "y").exists() and not os.path.exists("/should-fail")
 
 
+def test_mount_point_missing_on_host_stays_in_the_container(
+        runtime: ShimmedRuntime, pod_netns: str, tmp_path: Path) -> None:
+    """The image is an overlay of the host's "/": a volume at a path the host lacks gets its
+    mount point in the container's own layer, and the host's filesystem is never written."""
+    (tmp_path / "vol").mkdir()
+    where = f"/podnet-test-{os.getpid()}-{tmp_path.name}/data"
+    s = spec(tmp_path, pod_netns, "newpath", ["/bin/sh", "-c", f"echo made > {where}/f"],
+             mounts=[Mount(str(tmp_path / "vol"), where)])
+    runtime.create_and_start(s)
+    wait_until(lambda: runtime.status(s.id).state == "exited", 10, "container exit")
+    assert runtime.status(s.id).exit_code == 0
+    assert (tmp_path / "vol" / "f").read_text() == "made\n"
+    assert not os.path.exists(os.path.dirname(where))
+
+
 def test_exit_code_and_stop_grace(runtime: ShimmedRuntime, pod_netns: str,
                                   tmp_path: Path) -> None:
     failing = spec(tmp_path, pod_netns, "failing", ["/bin/sh", "-c", "exit 3"])

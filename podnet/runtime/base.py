@@ -13,6 +13,7 @@ import builtins
 import json
 import os
 import re
+import shlex
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -131,6 +132,22 @@ def cri_records(stream: str, chunk: bytes, ns: int | None = None) -> bytes:
     body = chunk[:-1] if chunk.endswith(b"\n") else chunk
     tag = b"F" if full else b"P"
     return cri_timestamp(ns).encode() + b" " + stream.encode() + b" " + tag + b" " + body + b"\n"
+
+
+def root_layer_script(layer: str) -> list[str]:
+    """sh steps (in a private mount namespace) that build the container root at `<layer>/root`.
+
+    The image is the host's root filesystem: an overlay with "/" as its lower layer and a tmpfs
+    upper, so mount points the spec names are created in the container's own layer, never on
+    the host (as an image's writable layer would take them).  Without overlayfs, "/" is bound
+    directly (mount points missing on the host are then created on the host).
+    """
+    q = shlex.quote
+    up, work, root = (q(f"{layer}/{d}") for d in ("upper", "work", "root"))
+    return [f"mount -t tmpfs -o mode=755 podnet-layer {q(layer)}",
+            f"mkdir {up} {work} {root}",
+            f"{{ mount -t overlay -o lowerdir=/,upperdir={up},workdir={work} podnet-root {root}"
+            f" || mount --rbind / {root}; }}"]
 
 
 def parse_cri_line(line: str) -> tuple[str, str, str, str]:

@@ -2,9 +2,10 @@
 
 The bundle is the container's state dir: config.json asks for new pid/mount/uts/ipc namespaces,
 joins the pod's network namespace by path, and uses the host's filesystem read-only as the
-rootfs (bind-mounted at `<state>/rootfs` inside a private mount namespace of the launcher, since
-pivot_root cannot pivot onto "/" itself).  The shim runs `crun run` in the foreground, so crun's
-exit code is the container's and it reaches exit.json.
+rootfs (an overlay of "/" built at `<state>/rootfs/root` inside a private mount namespace of the
+launcher: pivot_root cannot pivot onto "/" itself, and mount points land in the overlay).  The
+shim runs `crun run` in the foreground, so crun's exit code is the container's and it reaches
+exit.json.
 
 Hybrid cgroup hosts: crun refuses a unified hierarchy with controllers enabled, so every crun
 call runs in a private mount namespace with an empty tmpfs over /sys/fs/cgroup/unified; crun then
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 from typing import Any
 
@@ -28,6 +28,7 @@ from podnet.runtime.base import (
     StateDir,
     pid_alive,
     pid_record,
+    root_layer_script,
 )
 from podnet.runtime.common import LOG, ShimmedRuntime, exec_result, timed
 from podnet.runtime.process import container_env
@@ -131,14 +132,14 @@ class CrunRuntime(ShimmedRuntime):
         return self._wrap(self._crun_argv(*args))
 
     def _launcher(self, state: StateDir, spec: ContainerSpec) -> list[str]:
-        rootfs = state.file("rootfs")
-        os.makedirs(rootfs, exist_ok=True)
+        layer = state.file("rootfs")
+        os.makedirs(layer, exist_ok=True)
         cg = f"/{cgroups.PARENT}/{spec.id}" if self.use_cgroups else None
-        state.write_json("config.json", oci_config(spec, rootfs, cg))
-        # The wrapper's private mount namespace is where the rootfs bind lives: the host never
-        # sees "/" mounted under the state dir.
-        bind = f"mount --rbind / {shlex.quote(rootfs)}"
-        return self._wrap(self._crun_argv("run", "--bundle", state.path, spec.id), bind)
+        state.write_json("config.json", oci_config(spec, f"{layer}/root", cg))
+        # The wrapper's private mount namespace is where the root layer lives: the host never
+        # sees anything mounted under the state dir.
+        setup = " && ".join(root_layer_script(layer))
+        return self._wrap(self._crun_argv("run", "--bundle", state.path, spec.id), setup)
 
     def _pid(self, state: StateDir) -> int | None:
         """The container's init PID; asked of crun once, then pinned by its start time."""

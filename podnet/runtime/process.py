@@ -2,11 +2,10 @@
 
 The shim makes a new pid namespace and forks the launcher as its PID 1:
 `nsenter --net=<pod netns> unshare --mount --uts --ipc` execs a short sh prelude that, inside the
-new namespaces, sets the hostname, joins the container's cgroups, binds the host's "/" at
-`<state>/rootfs` with a fresh /proc, a private /tmp and the volumes mounted into it, makes it
-read-only and chroots there, then execs the command with exactly the spec's environment.  Mount
-points outside /tmp that do not exist on the host are created on the host (the image is the
-host's filesystem).
+new namespaces, sets the hostname, joins the container's cgroups, builds the root (an overlay of
+the host's "/" with a tmpfs upper layer) with its own /proc, a private /tmp and the volumes
+mounted into it, makes it read-only and chroots there, then execs the command with exactly the
+spec's environment.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from podnet.runtime.base import (
     RuntimeFailure,
     StateDir,
     pid_alive,
+    root_layer_script,
 )
 from podnet.runtime.common import ShimmedRuntime, exec_result, timed
 
@@ -36,15 +36,18 @@ def container_env(spec: ContainerSpec) -> dict[str, str]:
 def prelude(spec: ContainerSpec, rootfs: str, cgroup_dirs: list[str]) -> str:
     """The sh script run as the new pid namespace's init before it execs the command ("$@").
 
-    The host's "/" is bound at `rootfs` inside the container's private mount namespace, so the
-    volume sources stay reachable at their host paths while the container's own /proc, /tmp and
-    volumes are mounted into the new root; then it is made read-only and chrooted into.
+    The root is built at `<rootfs>/root` inside the container's private mount namespace (see
+    root_layer_script), so volume sources stay reachable at their host paths while the
+    container's own /dev, /proc, /sys, /tmp and volumes are mounted into the new root; then it
+    is made read-only and chrooted into.
     """
     q = shlex.quote
-    r = rootfs.rstrip("/")
+    r = rootfs.rstrip("/") + "/root"
     lines = ["set -e", f"hostname {q(spec.hostname or spec.pod_name)}"]
     lines += [f"echo $$ > {q(os.path.join(d, 'cgroup.procs'))}" for d in cgroup_dirs]
-    lines += [f"mount --rbind / {q(r)}", f"mount -t proc proc {q(r + '/proc')}",
+    lines += root_layer_script(rootfs.rstrip("/"))
+    lines += [f"mount --rbind /dev {q(r + '/dev')}", f"mount -t proc proc {q(r + '/proc')}",
+              f"mount --rbind /sys {q(r + '/sys')}", f"mount -o remount,bind,ro {q(r + '/sys')}",
               f"mount -t tmpfs -o mode=1777,nosuid podnet-tmp {q(r + '/tmp')}"]
     for m in spec.mounts:
         target = q(r + "/" + m.container_path.lstrip("/"))

@@ -63,14 +63,16 @@ def test_process_launcher_and_prelude_order() -> None:
     lines = script.splitlines()
     assert lines[1] == "hostname web"
     assert "echo $$ > /sys/fs/cgroup/memory/podnet/x/cgroup.procs" in lines
-    # volumes after the root bind, read-only remount of the volume and of the root, chroot last
+    # the root layer first, volumes into it, read-only remount of the volume and the root
     order = [lines.index(x) for x in (
-        "mount --rbind / /st/rootfs",
-        "mount --rbind /var/lib/kubelet/pods/u1/volumes/cache /st/rootfs/cache",
-        "mount -o remount,bind,ro /st/rootfs/etc/ssl",
-        "mount -o remount,bind,ro /st/rootfs")]
+        "mount -t tmpfs -o mode=755 podnet-layer /st/rootfs",
+        "mount -t proc proc /st/rootfs/root/proc",
+        "mount --rbind /var/lib/kubelet/pods/u1/volumes/cache /st/rootfs/root/cache",
+        "mount -o remount,bind,ro /st/rootfs/root/etc/ssl",
+        "mount -o remount,bind,ro /st/rootfs/root")]
     assert order == sorted(order)
-    assert lines[-1].startswith("exec chroot /st/rootfs /bin/sh -c 'cd /srv && exec env -i")
+    assert "mount -t overlay -o lowerdir=/,upperdir=/st/rootfs/upper," in script
+    assert lines[-1].startswith("exec chroot /st/rootfs/root /bin/sh -c 'cd /srv && exec env -i")
 
 
 def fake_cgroup_base(tmp_path: Path, version: str) -> str:
