@@ -126,6 +126,13 @@ def test_mount_point_missing_on_host_stays_in_the_container(
     assert not os.path.exists(os.path.dirname(where))
 
 
+def test_missing_netns_is_a_create_error(runtime: ShimmedRuntime, tmp_path: Path) -> None:
+    s = spec(tmp_path, "/run/netns/podnet-test-no-such-ns", "lost", ["true"])
+    with pytest.raises(RuntimeFailure, match="does not exist"):
+        runtime.create_and_start(s)
+    assert runtime.list() == []
+
+
 def test_exit_code_and_stop_grace(runtime: ShimmedRuntime, pod_netns: str,
                                   tmp_path: Path) -> None:
     failing = spec(tmp_path, pod_netns, "failing", ["/bin/sh", "-c", "exit 3"])

@@ -93,6 +93,9 @@ class ShimmedRuntime:
         state = StateDir(self.root, spec.id)
         if state.exists():
             raise RuntimeFailure(f"container {spec.id} already exists")
+        if spec.netns_path and not os.path.exists(spec.netns_path):
+            # A create error (upstream's CreateContainerError), not a container that exits 1.
+            raise RuntimeFailure(f"network namespace {spec.netns_path} does not exist")
         os.makedirs(state.path, exist_ok=True)
         if not spec.log_path:
             spec.log_path = state.file("container.log")
