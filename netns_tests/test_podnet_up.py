@@ -91,6 +91,8 @@ def check_status(state_dir: Path) -> dict[str, str]:
     res = podnet("status", "--state-dir", str(state_dir), "-o", "json")
     assert res.returncode == 0, res.stdout + res.stderr
     data = json.loads(res.stdout)
+    assert {h["name"] for h in data["health"] if h["ok"]} == {
+        "etcd", "apiserver", "node-1/flanneld", "node-2/flanneld"}
     subnets = {n["metadata"]["name"]: n["spec"]["podCIDR"] for n in data["nodes"]}
     assert sorted(subnets) == ["node-1", "node-2"] and len(set(subnets.values())) == 2
     text = podnet("status", "--state-dir", str(state_dir)).stdout

@@ -108,7 +108,8 @@ def down_cmd(state_dir: str) -> None:
 @STATE_DIR
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def status_cmd(state_dir: str, output: str) -> None:
-    """Daemons, nodes with subnets, pods with IPs."""
+    """Daemons (process and health endpoint), nodes with subnets, pods with IPs; exit 1 when a
+    daemon is down or failing its health check."""
     import json
     from pathlib import Path
 
@@ -120,7 +121,8 @@ def status_cmd(state_dir: str, output: str) -> None:
     click.echo(json.dumps(data, indent=2) if output == "json" else status.render(data), nl=False)
     if output == "json":
         click.echo()
-    if data["api_error"] or not all(p["alive"] for p in data["processes"]):
+    if data["api_error"] or not all(p["alive"] for p in data["processes"]) \
+            or not all(h["ok"] for h in data["health"]):
         sys.exit(1)
 
 

@@ -25,6 +25,7 @@ CLUSTER_CIDR = "10.244.0.0/16"  # flannel's default Network, also the node IPAM 
 SERVICE_CIDR = "10.96.0.0/16"
 NODE_CIDR_MASK = 24
 BACKENDS = ("vxlan", "host-gw", "udp")
+FLANNEL_HEALTHZ_PORT = 8285  # upstream kube-flannel's --healthz-port
 MAX_NODES = 200  # fabric addresses .11 .. .210 of one /24
 RUN_ROOT = "/run/podnet-up"  # unix sockets: sun_path is limited to 108 bytes, state dirs may be long
 

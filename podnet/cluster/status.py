@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 
+from podnet import tls
 from podnet.api.client import NODES, PODS, ApiError, Client
 from podnet.api.kubeconfig import load_kubeconfig
+from podnet.cluster import plan as P
 from podnet.cluster.manifest import Manifest, ProcRecord, is_alive
+from podnet.cluster.up import ETCD_CLIENT, http_ok
 
 FLANNEL_PUBLIC_IP = "flannel.alpha.coreos.com/public-ip"
 
@@ -20,7 +24,8 @@ def collect(state_dir: Path) -> dict[str, Any] | None:
     m = Manifest.load(path)
     out: dict[str, Any] = {"state_dir": str(state_dir), "info": m.info,
                            "processes": [_proc(p) for p in m.processes], "nodes": [], "pods": [],
-                           "api_error": None}
+                           "health": [], "api_error": None}
+    out["health"] = health(state_dir, m)
     kubeconfig = m.info.get("kubeconfig")
     if not kubeconfig:
         out["api_error"] = "no kubeconfig yet (start-up incomplete)"
@@ -35,6 +40,23 @@ def collect(state_dir: Path) -> dict[str, Any] | None:
     except (ApiError, OSError) as e:
         out["api_error"] = str(e)
     return out
+
+
+def health(state_dir: Path, m: Manifest) -> list[dict[str, Any]]:
+    """The daemons' own health endpoints, each probed from the namespace it serves in."""
+    plan = P.make_plan(str(state_dir), max(1, len(m.info.get("nodes", []))), m.info.get("backend", "vxlan"))
+    checks: list[tuple[str, str, str | None, ssl.SSLContext | None]] = []
+    if m.process("etcd") is not None:
+        checks.append(("etcd", f"{ETCD_CLIENT}/health", plan.cp_netns, None))
+    if m.info.get("api_port"):
+        ctx = ssl.create_default_context(cafile=str(plan.cert_dir / tls.CA_CERT))
+        checks.append(("apiserver", f"https://127.0.0.1:{m.info['api_port']}/readyz", None, ctx))
+    for node in plan.nodes:
+        if m.process(f"{node.name}/flanneld") is not None:
+            checks.append((f"{node.name}/flanneld", f"http://{node.ip}:{P.FLANNEL_HEALTHZ_PORT}/healthz",
+                           node.netns, None))
+    return [{"name": name, "url": url, "ok": http_ok(url, where, ctx)}
+            for name, url, where, ctx in checks]
 
 
 def _proc(rec: ProcRecord) -> dict[str, Any]:
@@ -57,6 +79,8 @@ def render(data: dict[str, Any]) -> str:
     lines.append("daemons:")
     for p in data["processes"]:
         lines.append(f"  {p['name']:<28} pid {p['pid']:<8} {'running' if p['alive'] else 'DEAD'}")
+    for h in data.get("health", []):
+        lines.append(f"  {h['name'] + ' health':<28} {'ok' if h['ok'] else 'FAILING':<13} {h['url']}")
     if data["api_error"]:
         lines.append(f"API server unreachable: {data['api_error']}")
         return "\n".join(lines) + "\n"

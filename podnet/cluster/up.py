@@ -154,7 +154,7 @@ def _start_api(plan: P.ClusterPlan, m: Manifest) -> str:
                           "--listen-peer-urls", ETCD_PEER, "--initial-advertise-peer-urls", ETCD_PEER,
                           "--initial-cluster", f"podnet={ETCD_PEER}", "--log-level", "warn"],
               plan.log("etcd"), netns=cp)
-        _wait(lambda: _http_ok(f"{ETCD_CLIENT}/health", cp), 30, "etcd healthy", m, "etcd")
+        _wait(lambda: http_ok(f"{ETCD_CLIENT}/health", cp), 30, "etcd healthy", m, "etcd")
     cert = tls.ensure_serving_cert(str(plan.cert_dir), [P.CONTROL_PLANE_IP, "localhost"])
     token = secrets.token_hex(16)
     tokens = plan.state_dir / "tokens.csv"
@@ -168,7 +168,7 @@ def _start_api(plan: P.ClusterPlan, m: Manifest) -> str:
                            f"--service-cluster-ip-range={P.SERVICE_CIDR}"],
           plan.log("apiserver"), netns=cp)
     ctx = ssl.create_default_context(cafile=cert.ca_file)
-    _wait(lambda: _http_ok(f"https://127.0.0.1:{P.API_PORT}/readyz", cp, ctx), 60,
+    _wait(lambda: http_ok(f"https://127.0.0.1:{P.API_PORT}/readyz", cp, ctx), 60,
           "podnet-apiserver ready", m, "apiserver")
     return token
 
@@ -185,7 +185,7 @@ def _relay_etcd(plan: P.ClusterPlan, m: Manifest) -> list[str]:
                                      "--connect", hostport], plan.log(f"etcd-relay-{i}"))
         urls.append(f"http://127.0.0.1:{port}")
     for url in urls:
-        _wait(lambda u=url: _http_ok(f"{u}/health", plan.cp_netns), 30, f"etcd via {url}", m, None)  # type: ignore[misc]
+        _wait(lambda u=url: http_ok(f"{u}/health", plan.cp_netns), 30, f"etcd via {url}", m, None)  # type: ignore[misc]
     return urls
 
 
@@ -195,7 +195,7 @@ def _start_forwarder(plan: P.ClusterPlan, m: Manifest, api_port: int) -> None:
                                f"127.0.0.1:{P.API_PORT}", "--connect-netns", plan.cp_netns],
           plan.log("api-forwarder"))
     ctx = ssl.create_default_context(cafile=str(plan.cert_dir / tls.CA_CERT))
-    _wait(lambda: _http_ok(f"https://127.0.0.1:{api_port}/readyz", None, ctx), 20,
+    _wait(lambda: http_ok(f"https://127.0.0.1:{api_port}/readyz", None, ctx), 20,
           "API server through the loopback forwarder", m, "api-forwarder")
 
 
@@ -241,7 +241,8 @@ def _start_node(plan: P.ClusterPlan, m: Manifest, node: P.NodePlan, kubelet: boo
     spawn(m, f"{node.name}/flanneld",
           [*component("podnet-flanneld", "flanneld"), "--kube-subnet-mgr",
            f"--kubeconfig-file={node_kc}", f"--net-config-path={plan.net_conf_path}",
-           f"--node-name={node.name}", "--iface=eth0", f"--subnet-file={node.subnet_file}"],
+           f"--node-name={node.name}", "--iface=eth0", f"--subnet-file={node.subnet_file}",
+           f"--healthz-port={P.FLANNEL_HEALTHZ_PORT}"],
           plan.log(f"{node.name}-flanneld"), netns=node.netns)
     if kubelet:
         spawn(m, f"{node.name}/kubelet",
@@ -402,11 +403,11 @@ def _remove_state(state_dir: Path, keep_dir: bool) -> None:
 
 
 # ------------------------------------------------------------------------------- helpers
-def _http_ok(url: str, where: str | None, ctx: ssl.SSLContext | None = None) -> bool:
+def http_ok(url: str, where: str | None, ctx: ssl.SSLContext | None = None) -> bool:
     try:
         with netns.enter(where), urllib.request.urlopen(url, timeout=2, context=ctx) as resp:
             return int(resp.status) == 200
-    except (OSError, ValueError):
+    except (OSError, ValueError, netns.NotFound):  # NotFound: the namespace is gone already
         return False
 
 

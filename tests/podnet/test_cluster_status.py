@@ -22,6 +22,8 @@ def data(**over: Any) -> dict[str, Any]:
                    "status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}],
         "pods": [{"metadata": {"namespace": "default", "name": "web"}, "spec": {"nodeName": "node-1"},
                   "status": {"phase": "Running", "podIP": "10.244.0.5"}}],
+        "health": [{"name": "etcd", "url": "http://127.0.0.1:2379/health", "ok": True},
+                   {"name": "node-1/flanneld", "url": "http://10.250.0.11:8285/healthz", "ok": False}],
         "api_error": None,
     }
     return {**base, **over}
@@ -31,6 +33,8 @@ def test_render_lists_daemons_nodes_subnets_and_pods() -> None:
     text = status.render(data())
     assert "flannel vxlan" in text and "https://127.0.0.1:6443" in text
     assert "etcd" in text and "running" in text and "DEAD" in text
+    assert any("etcd health" in line and " ok " in line for line in text.splitlines())
+    assert any("node-1/flanneld health" in line and "FAILING" in line for line in text.splitlines())
     node1 = next(line for line in text.splitlines() if "node-1 " in line and "subnet" in line)
     assert "Ready" in node1 and "10.244.0.0/24" in node1 and "10.250.0.11" in node1
     node2 = next(line for line in text.splitlines() if "node-2" in line)
