@@ -12,6 +12,7 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,13 +25,11 @@ from typing import Any
 
 import pytest
 
+from controlplane.kubelet.__main__ import make_runtime
 from netns_tests.apiserver_fixtures import ApiServerProcess, component_command
 from podnet import netns
 from podnet.api.client import LEASES, NODES, PODS, ApiError, Client
 from podnet.testing.harness import Host, Topology
-
-process = pytest.importorskip("podnet.runtime.process", reason="needs podnet.runtime.ProcessRuntime")
-ProcessRuntime = process.ProcessRuntime
 
 SUBNET = "10.78.0"
 
@@ -63,13 +62,18 @@ class Node:
 
 def conflist(data_dir: Path) -> dict[str, Any]:
     return {"cniVersion": "1.0.0", "name": "kubelet-test", "plugins": [
-        {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False,
+        {"type": "bridge", "bridge": "cni0", "isGateway": True, "isDefaultGateway": True, "ipMasq": False,
          "ipam": {"type": "host-local", "ranges": [[{"subnet": f"{SUBNET}.0/24"}]],
-                  "dataDir": str(data_dir)}}]}
+                  "dataDir": str(data_dir)}},
+        {"type": "portmap", "capabilities": {"portMappings": True}}]}
 
 
 @pytest.fixture
-def node(topo: Topology, apiserver: ApiServerProcess, cni_bin: Path, tmp_path: Path) -> Iterator[Node]:
+def node(request: pytest.FixtureRequest, topo: Topology, apiserver: ApiServerProcess, cni_bin: Path,
+         tmp_path: Path) -> Iterator[Node]:
+    runtime_name = getattr(request, "param", "process")
+    if runtime_name == "crun" and not shutil.which("crun"):
+        pytest.skip("crun missing: apt-get install crun")
     host = topo.add_host()
     topo.forward_loopback(host, apiserver.port)
     work = tmp_path / "node"
@@ -79,7 +83,8 @@ def node(topo: Topology, apiserver: ApiServerProcess, cni_bin: Path, tmp_path: P
     argv = [*component_command("podnet-kubelet", "controlplane.kubelet"),
             f"--kubeconfig={apiserver.kubeconfig()}", f"--hostname-override={name}", f"--node-ip={host.ip}",
             f"--cni-conf-dir={work / 'net.d'}", f"--cni-bin-dir={cni_bin}", f"--cni-cache-dir={work / 'cni'}",
-            f"--root-dir={work / 'root'}", f"--pod-logs-dir={work / 'logs'}", "--container-runtime=process",
+            f"--root-dir={work / 'root'}", f"--pod-logs-dir={work / 'logs'}",
+            f"--container-runtime={runtime_name}",
             "--node-status-update-frequency=1s", "--node-lease-duration-seconds=4", "--sync-frequency=3s"]
     n = Node(name=name, host=host, work=work, argv=argv, log=work / "kubelet.log")
     try:
@@ -90,7 +95,7 @@ def node(topo: Topology, apiserver: ApiServerProcess, cni_bin: Path, tmp_path: P
         if n.log.exists():
             print(n.log.read_text(errors="replace")[-5000:])
         # containers the kubelet left (a failed test): stopped by the PIDs in their state dirs
-        runtime = ProcessRuntime(str(work / "root" / "containers"))
+        runtime = make_runtime(runtime_name, str(work / "root"))
         for info in runtime.list():
             with contextlib.suppress(Exception):
                 runtime.stop(info.id, 0)
@@ -156,11 +161,14 @@ def _ready(client: Client, name: str) -> dict[str, Any] | None:
     return client.get(NODES, name) if _condition(client, name, "True") else None
 
 
+@pytest.mark.parametrize("node", ["process", "crun"], indirect=True)
 def test_pod_runs_is_reachable_and_terminates_gracefully(topo: Topology, node: Node, client: Client) -> None:
     start(topo, node)
     wait_until(lambda: _ready(client, node.name), timeout=20, what="node Ready")
     began = time.monotonic()
-    client.create(PODS, pod("web", node.name, command=["busybox", "httpd", "-f", "-p", "8080"]), "default")
+    web = pod("web", node.name, command=["busybox", "httpd", "-f", "-p", "8080"])
+    web["spec"]["containers"][0]["ports"] = [{"containerPort": 8080, "hostPort": 18080}]
+    client.create(PODS, web, "default")
     p = wait_until(lambda: running(client, "web"), timeout=30, what="pod web Running with an IP")
     print(f"pod web Running with IP {p['status']['podIP']} {time.monotonic() - began:.2f}s after create")
     ip, uid = p["status"]["podIP"], p["metadata"]["uid"]
@@ -171,6 +179,8 @@ def test_pod_runs_is_reachable_and_terminates_gracefully(topo: Topology, node: N
     assert netns.exists(sandbox)
     wait_until(lambda: connects(node.host, ip, 8080), timeout=15, what="httpd answering on the pod IP")
     assert node.host.run("ping", "-c1", "-W2", ip, check=False).returncode == 0
+    other = topo.add_host()  # hostPort through the portmap plugin, from another machine
+    wait_until(lambda: connects(other, node.host.ip, 18080), timeout=10, what="hostPort 18080 answering")
     client.delete(PODS, "web", "default")  # graceful: the kubelet stops it and deletes it
     wait_until(lambda: get_pod(client, "web") is None, timeout=20, what="pod web gone")
     assert not netns.exists(sandbox)
