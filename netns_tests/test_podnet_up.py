@@ -223,3 +223,16 @@ def test_external_etcd_and_host_gw(state_dir: Path, tmp_path: Path) -> None:
         assert etcd.is_healthy()
     finally:
         etcd.cleanup()
+
+
+def test_a_failed_up_removes_what_it_created(state_dir: Path) -> None:
+    """Nodes not up in time (--timeout 0: flanneld cannot have written subnet.env yet): `up` says
+    so, exits 1 and undoes everything from its manifest."""
+    prefix = P.prefix_for(str(state_dir))
+    before = snapshot(prefix)
+    res = podnet("up", "--nodes", "1", "--no-kubelet", "--state-dir", str(state_dir),
+                 "--api-port", str(free_port()), "--timeout", "0")
+    assert res.returncode == 1
+    assert "nodes not up after 0s: node-1" in res.stderr and "removing what was created" in res.stderr
+    assert not state_dir.exists()
+    assert snapshot(prefix) == before
