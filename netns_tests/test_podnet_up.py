@@ -33,6 +33,7 @@ from podnet.testing.harness import Topology
 from podnet.testing.wait import wait_until
 
 PODNET = str(Path(sys.executable).parent / "podnet")
+SHELL = "echo started netexec-{}; exec " + PODNET + " agnhost netexec"
 
 
 def podnet(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -157,7 +158,7 @@ def test_kubelets_run_pods_across_nodes_and_down_removes_them_without_the_api(
             client.create(PODS, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"netexec-{i}"},
                                  "spec": {"nodeName": f"node-{i}", "terminationGracePeriodSeconds": 1,
                                           "containers": [{"name": "netexec", "image": "agnhost",
-                                                          "command": [PODNET, "agnhost", "netexec"]}]}},
+                                                          "command": ["/bin/sh", "-c", SHELL.format(i)]}]}},
                           "default")
         ips = {i: wait_pod_ip(client, f"netexec-{i}") for i in (1, 2)}
     finally:
@@ -168,6 +169,12 @@ def test_kubelets_run_pods_across_nodes_and_down_removes_them_without_the_api(
     sandboxes = {i: sandbox_netns(state_dir, f"node-{i}") for i in (1, 2)}
     wait_until(lambda: execs.run([PODNET, "agnhost", "connect", f"{ips[2]}:8080", "--timeout", "1"],
                                  netns=sandboxes[1], check=False).returncode == 0, 20, "pod-to-pod TCP")
+    hostname = execs.run(["curl", "-s", f"http://{ips[2]}:8080/hostname"], netns=sandboxes[1]).stdout
+    assert hostname == "netexec-2"  # the pod's UTS namespace carries its name, as upstream
+    kubectl = kubectl_binary(33) or kubectl_binary(31)
+    if kubectl is not None:  # kubectl -> apiserver pods/log -> the node's kubelet on :10250
+        logs = execs.run([kubectl, "--kubeconfig", str(state_dir / "kubeconfig"), "logs", "netexec-1"])
+        assert logs.stdout == "started netexec-1\n"
     pids = [pid for name in sandboxes.values()
             for pid in execs.run(["ip", "netns", "pids", name]).stdout.split()]
     assert pids
