@@ -210,6 +210,20 @@ def test_container_logs_are_served_on_the_kubelet_port(topo: Topology, node: Nod
     body = wait_until(lambda: "hello from talker" in (text := fetch(node.host, url)) and text, timeout=10,
                       what="the container's log line on the kubelet server")
     assert body == "hello from talker\n"
+    # an emptyDir shared by two containers, and the downward API's status.podIP in env
+    shared = pod("shared", node.name, command=["sh", "-c", "echo $POD_IP > /data/ip; sleep 1000"])
+    writer = shared["spec"]["containers"][0]
+    writer["env"] = [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+    writer["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+    shared["spec"]["containers"].append({
+        "name": "reader", "image": "busybox", "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+        "command": ["sh", "-c", "while [ ! -s /data/ip ]; do sleep 0.1; done; cat /data/ip; sleep 1000"]})
+    shared["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
+    client.create(PODS, shared, "default")
+    s = wait_until(lambda: running(client, "shared"), timeout=30, what="pod shared Running")
+    url = "http://127.0.0.1:10250/containerLogs/default/shared/reader"
+    wait_until(lambda: fetch(node.host, url) == s["status"]["podIP"] + "\n", timeout=10,
+               what="the reader container printing the writer's POD_IP from the shared emptyDir")
 
 
 def test_probes_drive_readiness_and_liveness_restarts(topo: Topology, node: Node, client: Client) -> None:

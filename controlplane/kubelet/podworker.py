@@ -104,6 +104,8 @@ class PodSyncer:
         self.probes = probes or NoProbes()
         self.backoff = backoff or BackOff()
         self.requeue = requeue or (lambda key, delay: None)
+        # <root-dir>/pods/<uid>/volumes (upstream layout), next to <root-dir>/sandboxes
+        self.pods_dir = os.path.join(os.path.dirname(sandboxes.dir), "pods")
 
     # ------------------------------------------------------------------ state readers
     def containers_of(self, uid: str) -> list[ContainerInfo]:
@@ -172,9 +174,15 @@ class PodSyncer:
                     continue
                 for old in attempts[1:]:  # keep the newest exited attempt (kubectl logs --previous)
                     self.runtime.remove(old.id)
-            spec = podstatus.container_spec(pod, container, attempt, sb.netns_path, self.logs_root)
+            ips = sb.ips if sb.netns else [self.host_ip]
+            fields = podstatus.field_values(pod, ips[0] if ips else "", self.host_ip)
+            spec = podstatus.container_spec(pod, container, attempt, sb.netns_path, self.logs_root,
+                                            fields=fields, pods_dir=self.pods_dir)
             # upstream: the kubelet owns /var/log/pods/<pod>/<container>/ and the runtime writes in it
             os.makedirs(os.path.dirname(spec.log_path), exist_ok=True)
+            for mount in spec.mounts:  # emptyDir directories are ours to make; hostPath must exist
+                if mount.host_path.startswith(self.pods_dir + "/"):
+                    os.makedirs(mount.host_path, exist_ok=True)
             self.runtime.create_and_start(spec)
             if attempts:
                 self.backoff.record_restart(backoff_key, time.time())
@@ -212,6 +220,8 @@ class PodSyncer:
             self.probes.forget(uid)
             self.backoff.forget_pod(uid)
             self.remove_logs(uid)
+            if uid and "/" not in uid:  # emptyDir volumes
+                shutil.rmtree(os.path.join(self.pods_dir, uid), ignore_errors=True)
         if sb is not None:
             self.sandboxes.teardown(sb, pod)
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from controlplane.kubelet import restart
-from podnet.runtime.base import ContainerInfo, ContainerSpec
+from podnet.runtime.base import ContainerInfo, ContainerSpec, Mount
 
 Obj = dict[str, Any]
 TERMINAL_PHASES = ("Succeeded", "Failed")
@@ -56,17 +56,69 @@ def log_path(logs_root: str, pod: Mapping[str, Any], container: str, attempt: in
     return f"{logs_root}/{pod_dir}/{container}/{attempt}.log"
 
 
+# The downward-API fields a container's env may name (fieldRef.fieldPath).
+FIELD_PATHS = {"metadata.name", "metadata.namespace", "metadata.uid", "spec.nodeName",
+               "spec.serviceAccountName", "status.podIP", "status.hostIP"}
+
+
+def field_values(pod: Mapping[str, Any], pod_ip: str, host_ip: str) -> dict[str, str]:
+    meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+    return {"metadata.name": str(meta.get("name", "")), "metadata.namespace": str(meta.get("namespace", "")),
+            "metadata.uid": str(meta.get("uid", "")), "spec.nodeName": str(spec.get("nodeName", "")),
+            "spec.serviceAccountName": str(spec.get("serviceAccountName", "")),
+            "status.podIP": pod_ip, "status.hostIP": host_ip}
+
+
+def container_env(container: Mapping[str, Any], fields: Mapping[str, str]) -> dict[str, str]:
+    """env with values and downward-API fieldRefs, in order, with upstream's $(VAR) expansion of
+    earlier variables (configMap/secret refs need objects we do not read: left out)."""
+    env: dict[str, str] = {}
+    for e in container.get("env") or []:
+        if "name" not in e:
+            continue
+        if "valueFrom" in e:
+            ref = str(((e.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath"))
+            if ref in fields:
+                env[str(e["name"])] = fields[ref]
+            continue
+        value = str(e.get("value", ""))
+        for name, known in env.items():
+            value = value.replace(f"$({name})", known)
+        env[str(e["name"])] = value
+    return env
+
+
+def volume_mounts(pod: Mapping[str, Any], container: Mapping[str, Any], pods_dir: str) -> list[Mount]:
+    """hostPath volumes as bind mounts, emptyDir as a per-pod directory (upstream's
+    <root-dir>/pods/<uid>/volumes/kubernetes.io~empty-dir/<name>); other volume types are skipped."""
+    meta = pod.get("metadata") or {}
+    volumes = {v.get("name"): v for v in (pod.get("spec") or {}).get("volumes") or []}
+    mounts = []
+    for vm in container.get("volumeMounts") or []:
+        volume = volumes.get(vm.get("name")) or {}
+        if "hostPath" in volume:
+            host = str(volume["hostPath"].get("path", ""))
+        elif "emptyDir" in volume:
+            host = f"{pods_dir}/{meta.get('uid')}/volumes/kubernetes.io~empty-dir/{vm['name']}"
+        else:
+            continue
+        mounts.append(Mount(host, str(vm["mountPath"]), bool(vm.get("readOnly"))))
+    return mounts
+
+
 def container_spec(pod: Mapping[str, Any], container: Mapping[str, Any], attempt: int, netns_path: str,
-                   logs_root: str) -> ContainerSpec:
+                   logs_root: str, *, fields: Mapping[str, str] | None = None,
+                   pods_dir: str = "") -> ContainerSpec:
     """What the runtime starts for one container of `pod` (no images: argv runs on the host's files)."""
     meta = pod.get("metadata") or {}
     argv = [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]
-    env = {str(e["name"]): str(e.get("value", "")) for e in container.get("env") or [] if "name" in e}
+    env = container_env(container, fields or {})
     limits = (container.get("resources") or {}).get("limits") or {}
     return ContainerSpec(
         pod_uid=str(meta.get("uid")), pod_namespace=str(meta.get("namespace", "default")),
         pod_name=str(meta.get("name")), name=str(container["name"]), attempt=attempt, argv=argv,
         env=env, working_dir=str(container.get("workingDir") or ""), netns_path=netns_path,
+        mounts=volume_mounts(pod, container, pods_dir) if pods_dir else [],
         cpu_limit_millis=cpu_millis(limits.get("cpu")), memory_limit_bytes=memory_bytes(limits.get("memory")),
         log_path=log_path(logs_root, pod, str(container["name"]), attempt),
         hostname=str((pod.get("spec") or {}).get("hostname") or meta.get("name")))

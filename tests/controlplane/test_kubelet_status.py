@@ -119,3 +119,27 @@ def test_sandbox_naming_and_cni_inputs() -> None:
     p["spec"]["containers"][0]["ports"] = [{"containerPort": 80, "hostPort": 8080},
                                            {"containerPort": 53, "protocol": "UDP"}]
     assert port_mappings(p) == [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""}]
+
+
+def test_env_values_field_refs_and_expansion() -> None:
+    p = pod()
+    c = {"name": "a", "env": [
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "URL", "value": "http://$(POD_IP):80/$(NAME)/$(MISSING)"},
+        {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}
+    spec = status.container_spec(p, c, 0, "", "/logs", fields=status.field_values(p, "10.1.0.5", "10.0.0.1"))
+    assert spec.env == {"POD_IP": "10.1.0.5", "NAME": "p", "URL": "http://10.1.0.5:80/p/$(MISSING)"}
+
+
+def test_volume_mounts_host_path_and_empty_dir() -> None:
+    p = pod()
+    p["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}, {"name": "etc", "hostPath": {"path": "/etc"}},
+                            {"name": "cfg", "configMap": {"name": "x"}}]
+    c = {"name": "a", "volumeMounts": [{"name": "data", "mountPath": "/data"},
+                                       {"name": "etc", "mountPath": "/host-etc", "readOnly": True},
+                                       {"name": "cfg", "mountPath": "/cfg"}]}
+    mounts = status.container_spec(p, c, 0, "", "/logs", pods_dir="/var/lib/kubelet/pods").mounts
+    assert [(m.host_path, m.container_path, m.read_only) for m in mounts] == [
+        ("/var/lib/kubelet/pods/u1/volumes/kubernetes.io~empty-dir/data", "/data", False),
+        ("/etc", "/host-etc", True)]
