@@ -287,6 +287,10 @@ def test_kill_9_and_restart_adopts_without_a_second_sandbox(topo: Topology, node
     cs = again["status"]["containerStatuses"][0]
     assert cs["restartCount"] == 0 and cs["state"]["running"]["startedAt"] == started
     assert len(list((node.work / "root" / "sandboxes").glob("*.json"))) == 2
+    # level-triggered and quiet: a settled pod's status is not rewritten on every sync
+    rv = (get_pod(client, "sleeper") or {})["metadata"]["resourceVersion"]
+    time.sleep(2.5)  # > 2 PLEG relists and the next periodic sync of every pod
+    assert (get_pod(client, "sleeper") or {})["metadata"]["resourceVersion"] == rv
     assert o["status"]["podIP"] != ip
     wait_until(lambda: not netns.exists(doomed_netns), timeout=10, what="the force-deleted pod's netns gone")
     cached = [p.name for p in (node.work / "cni" / "results").glob("*")]
