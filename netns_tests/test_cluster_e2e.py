@@ -31,6 +31,7 @@ from netns_tests.cluster_fixtures import (
     netexec_container,
     start_host_server,
 )
+from podnet import netns
 from podnet.api.client import ENDPOINTS, NODES, PODS
 from podnet.testing.wait import wait_until
 
@@ -226,7 +227,17 @@ def test_node_failure_pods_recreated_elsewhere(kube: Cluster) -> None:
     wait_until(no_veths(dead), 15, f"no sandbox left on {dead.name}")
 
 
+def sandbox_netns(node: Node) -> list[str]:
+    """The pod network namespaces the node's kubelet recorded (<root-dir>/sandboxes/*.json)."""
+    records = sorted((node.state / "kubelet" / "sandboxes").glob("*.json"))
+    return [str(json.loads(r.read_text())["netns"]) for r in records]
+
+
 def test_scale_to_zero_leaves_no_pod_network(kube: Cluster) -> None:
+    wait_whole(kube)
+    sandboxes = [name for node in kube.nodes for name in sandbox_netns(node)]
+    assert len(sandboxes) == REPLICAS
+    assert all(netns.exists(name) for name in sandboxes)
     kube.kubectl("scale", "rc", RC, "--replicas=0")
     wait_until(lambda: kube.pods(SELECTOR) == [], 30, "every pod of rc/web deleted", interval=0.1)
     for node in kube.nodes:
@@ -234,3 +245,5 @@ def test_scale_to_zero_leaves_no_pod_network(kube: Cluster) -> None:
         ipam = node.state / "ipam" / "cbr0"
         leases = [p.name for p in ipam.iterdir() if p.name[0].isdigit()] if ipam.exists() else []
         assert leases == [], (node.name, leases)
+        assert sandbox_netns(node) == []
+    assert not [name for name in sandboxes if netns.exists(name)]
