@@ -3,16 +3,19 @@ process (a plain interpreter on the host's root filesystem) can serve and probe 
 
 serve-hostname: every HTTP request (and, with --udp, every datagram) gets the host name.
 netexec: HTTP /hostname, /echo?msg=, /clientip ("<ip>:<port>" as the server saw it, so NAT is
-visible), /healthz; UDP "hostname", "echo <text>", "clientip".
+visible), /healthz, /dial?request=&protocol=&host=&port=&tries= (this pod asks another endpoint);
+UDP "hostname", "echo <text>", "clientip".
 connect: exit 0 when a TCP connection (or a UDP round trip) to HOST:PORT succeeds, else print
 TIMEOUT / REFUSED / OTHER: <error> (upstream's words) and exit 1.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import socketserver
 import threading
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -31,6 +34,8 @@ def http_reply(path: str, client: tuple[str, int]) -> tuple[int, str]:
         return 200, parse_qs(url.query).get("msg", [""])[0]
     if url.path == "/clientip":
         return 200, f"{client[0]}:{client[1]}"
+    if url.path == "/dial":
+        return dial(parse_qs(url.query))
     if url.path in ("/healthz", "/"):
         return 200, "ok" if url.path == "/healthz" else "NOW: netexec"
     return 404, f"unknown path {url.path}\n"
@@ -46,6 +51,38 @@ def udp_reply(data: bytes, client: tuple[str, int]) -> bytes:
     if text == "clientip":
         return f"{client[0]}:{client[1]}".encode()
     return b"unknown command\n"
+
+
+def dial(query: dict[str, list[str]]) -> tuple[int, str]:
+    """upstream netexec /dial?request=&protocol=http|udp&host=&port=&tries=: this pod asks another
+    endpoint `tries` times and reports {"responses": [...], "errors": [...]} (the e2e tests'
+    connectivity check from inside a pod)."""
+    def arg(name: str, default: str = "") -> str:
+        return query.get(name, [default])[0]
+
+    host, port, request, protocol = arg("host"), arg("port"), arg("request"), arg("protocol", "http")
+    if not host or not port.isdigit() or not request or protocol not in ("http", "udp"):
+        return 400, "dial needs host, port, request and protocol http|udp\n"
+    tries_text = arg("tries", "1")
+    tries = min(max(int(tries_text), 1), 100) if tries_text.isdigit() else 1
+    responses, errors = [], []
+    for _ in range(tries):
+        try:
+            responses.append(_dial_once(protocol, host, int(port), request))
+        except OSError as e:
+            errors.append(f"{protocol} {host}:{port}: {e}")
+    return 200, json.dumps({"responses": responses, "errors": errors})
+
+
+def _dial_once(protocol: str, host: str, port: int, request: str, timeout: float = 5.0) -> str:
+    if protocol == "udp":
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout)
+            s.sendto(request.encode(), (host, port))
+            return s.recv(65536).decode(errors="replace")
+    path = request if request.startswith("/") else f"/{request}"
+    with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=timeout) as resp:
+        return str(resp.read().decode(errors="replace"))
 
 
 # --------------------------------------------------------------------------------- servers

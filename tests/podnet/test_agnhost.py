@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import urllib.request
 
@@ -103,3 +104,28 @@ def test_cli_connect_exit_codes() -> None:
     srv.close()
     res = runner.invoke(cli.main, ["agnhost", "connect", f"127.0.0.1:{port}", "--timeout", "1"])
     assert res.exit_code == 1 and "REFUSED" in res.output
+
+
+def test_dial_asks_another_endpoint_over_http_and_udp() -> None:
+    http, udp_srv = agnhost.start_netexec(0, 0, host="127.0.0.1")
+    try:
+        hp, up = http.server_address[1], udp_srv.server_address[1]
+        got = json.loads(get(hp, f"/dial?request=hostname&protocol=http&host=127.0.0.1&port={hp}&tries=2"))
+        assert got == {"responses": [HOST, HOST], "errors": []}
+        got = json.loads(get(hp, f"/dial?request=echo%20hi&protocol=udp&host=127.0.0.1&port={up}&tries=1"))
+        assert got == {"responses": ["hi"], "errors": []}
+    finally:
+        http.shutdown()
+        udp_srv.shutdown()
+
+
+def test_dial_reports_errors_and_bad_requests() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    status, body = agnhost.http_reply(f"/dial?request=hostname&protocol=http&host=127.0.0.1&port={dead}",
+                                      ("127.0.0.1", 1))
+    got = json.loads(body)
+    assert status == 200 and got["responses"] == [] and len(got["errors"]) == 1
+    assert agnhost.http_reply("/dial?request=x&protocol=sctp&host=h&port=1", ("127.0.0.1", 1))[0] == 400
+    assert agnhost.http_reply("/dial?protocol=http&host=h&port=1", ("127.0.0.1", 1))[0] == 400
