@@ -15,7 +15,7 @@ observed via watch", image pulls excluded -- there are none here, the container 
 filesystem).  Pods run `/bin/sleep` and are deleted between phases.  Every process is stopped by
 its PID and every namespace removed at the end.
 
-    .venv/bin/python bench/pod_startup.py [--pods 100] [--rate 10] [--burst 30] [--write docs/BENCHMARKS.md]
+    .venv/bin/python bench/pod_startup.py [--pods 100] [--rate 2] [--burst 30] [--write docs/BENCHMARKS.md]
 
 Only the part between `<!-- pod-startup:start -->` and `<!-- pod-startup:end -->` is rewritten.
 """
