@@ -152,9 +152,12 @@ def exec_plugin(plugin_type: str, command: str, conf: dict[str, Any], *, cni_pat
                 extra_env: dict[str, str] | None = None, timeout: float = 60.0
                 ) -> tuple[int, dict[str, Any] | None, str]:
     """Exec one plugin as a runtime does; returns (exit code, parsed stdout or None, stderr)."""
-    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-           "CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns,
-           "CNI_IFNAME": ifname, "CNI_ARGS": args, "CNI_PATH": ":".join(cni_path)}
+    # libcni passes the runtime's own environment on (so e.g. PODNET_CNI_SOCKET set for a
+    # kubelet reaches the plugins); the CNI_* variables are always this call's own.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+    env.setdefault("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    env |= {"CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns,
+            "CNI_IFNAME": ifname, "CNI_ARGS": args, "CNI_PATH": ":".join(cni_path)}
     env.update(extra_env or {})
     path = find(plugin_type, cni_path)
     for attempt in range(EXEC_RETRIES):
