@@ -196,8 +196,10 @@ def report(rows: list[str], command: str, runtime: str) -> str:
         "host a podnet-kubelet and flanneld (vxlan) with the flannel CNI conflist, all real processes "
         "on this machine).  Latency per pod: from just before its create request until the bench's "
         "pod watch first shows it Running with status.podIP (the Kubernetes pod startup SLI, image "
-        f"pulls excluded -- none here). Container runtime: {runtime}.  SLO: p99 <= {SLO:.0f} s; "
-        f"goal of issue 6: p99 <= {GOAL:.0f} s.",
+        f"pulls excluded -- none here). Container runtime: {runtime}.  CNI: **daemon** = each "
+        "node runs the per-node CNI daemon (`cni.daemon`, as `podnet up` does) and the plugin "
+        "executables forward to it; **exec** = each plugin serves its request in the exec'd "
+        f"process.  SLO: p99 <= {SLO:.0f} s; goal of issue 6: p99 <= {GOAL:.0f} s.",
         "",
         f"* date: {now}",
         f"* machine: {machine()}",
@@ -231,17 +233,18 @@ def cni_bin(work: Path) -> Path:
     return target
 
 
-def run(args: argparse.Namespace, work: Path) -> list[str]:
-    rows = []
-    with cluster(work, cni_bin(work)) as c:
+def run(args: argparse.Namespace, work: Path, daemon: bool) -> list[str]:
+    """Both phases on a fresh cluster; `daemon`: plugins served by the per-node CNI daemon."""
+    rows, cni = [], "daemon" if daemon else "exec"
+    with cluster(work, cni_bin(work), cni_daemon=daemon) as c:
         watch = StartWatch(c.api)
         try:
             lat = sequential(c, watch, args.pods, args.rate)
-            rows.append(row(f"sequential, {args.rate:g} pods/s", lat, None, watch.nodes))
+            rows.append(row(f"{cni}: sequential, {args.rate:g} pods/s", lat, None, watch.nodes))
             print(rows[-1], flush=True)
             delete_all(c, "seq")
             lat, wall = burst(c, watch, args.burst)
-            rows.append(row("burst, all created at once", lat, wall, watch.nodes))
+            rows.append(row(f"{cni}: burst, all created at once", lat, wall, watch.nodes))
             print(rows[-1], flush=True)
             delete_all(c, "burst")
         finally:
@@ -256,12 +259,17 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=30)
     parser.add_argument("--runtime", default="crun (podnet.runtime.CrunRuntime)",
                         help="how the kubelet runs containers, for the report")
+    parser.add_argument("--cni", default="daemon,exec",
+                        help="CNI modes to measure, comma-separated: daemon (the per-node CNI "
+                             "daemon, as podnet up runs it), exec (each plugin exec'd in-process)")
     parser.add_argument("--write", type=Path, help="rewrite the pod-startup section of this file")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("pod_startup.py needs root: it builds network namespaces")
-    with tempfile.TemporaryDirectory(prefix="pod-startup-") as tmp:
-        rows = run(args, Path(tmp))
+    rows = []
+    for mode in args.cni.split(","):
+        with tempfile.TemporaryDirectory(prefix="pod-startup-") as tmp:
+            rows += run(args, Path(tmp), mode.strip() == "daemon")
     command = shlex.join([".venv/bin/python", "bench/pod_startup.py", *sys.argv[1:]])
     section = report(rows, command, args.runtime)
     print(section)

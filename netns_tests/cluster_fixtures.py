@@ -130,6 +130,7 @@ class Cluster:
     client: Client | None = None
     nodes: list[Node] = field(default_factory=list)
     runtime: str = "crun"
+    cni_daemon: bool = False  # the per-node CNI daemon (warm imports) instead of in-process plugins
 
     def __post_init__(self) -> None:
         self.flannel = FlannelCluster(self.topo, self.workdir)
@@ -180,11 +181,22 @@ class Cluster:
                 f"--port={KUBELET_PORT}", "--node-status-update-frequency=1s",
                 "--sync-frequency=2s"]
 
+    def start_cni_daemon(self, node: Node) -> None:
+        """`cni.daemon` in the node's namespace on a socket of its own (the default
+        /run/podnet/cni.sock would be shared by every simulated host on this machine)."""
+        sock = node.state / "cni.sock"
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.topo.spawn_on(node.fh.host, [sys.executable, "-m", "cni.daemon", "--socket", str(sock),
+                                          "--quiet"], log_path=str(node.state / "cni-daemon.log"),
+                           env=env)
+        wait_until(sock.exists, 20, f"CNI daemon socket on {node.name}")
+
     def start_kubelet(self, node: Node) -> None:
-        # The CNI plugins run in the kubelet's process tree; no per-node CNI daemon socket here
-        # (the default /run/podnet/cni.sock would be shared by every simulated host).
+        # The plugins inherit the kubelet's environment: an empty PODNET_CNI_SOCKET makes them
+        # serve every request in-process, a path sends them to that node's daemon.
+        sock = str(node.state / "cni.sock") if self.cni_daemon else ""
         env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
-               "PODNET_CNI_SOCKET": ""}
+               "PODNET_CNI_SOCKET": sock}
         node.kubelet = self.topo.spawn_on(node.fh.host, self.kubelet_command(node),
                                           log_path=str(node.kubelet_log), env=env)
 
@@ -255,11 +267,11 @@ def _quiet(predicate: Any) -> bool:
 
 
 @contextlib.contextmanager
-def cluster(workdir: Path, cni_bin: Path, size: int = 3, timeout: float = 60.0
-            ) -> Iterator[Cluster]:
+def cluster(workdir: Path, cni_bin: Path, size: int = 3, timeout: float = 60.0, *,
+            cni_daemon: bool = False) -> Iterator[Cluster]:
     """A running cluster of `size` Ready nodes; everything stopped (by PID) and removed on exit."""
     topo = Topology()
-    c = Cluster(topo, workdir, cni_bin)
+    c = Cluster(topo, workdir, cni_bin, cni_daemon=cni_daemon)
     try:
         server = c.start_control_plane()
         with contextlib.ExitStack() as stack:
@@ -271,6 +283,8 @@ def cluster(workdir: Path, cni_bin: Path, size: int = 3, timeout: float = 60.0
             for _ in range(size):
                 c.add_node()
             for node in c.nodes:
+                if cni_daemon:
+                    c.start_cni_daemon(node)
                 c.start_kubelet(node)
                 c.start_flanneld(node)
             started = time.monotonic()
