@@ -158,7 +158,7 @@ class ShimmedRuntime:
         for cid in list_ids(self.root):
             try:
                 out.append(self.status(cid))
-            except RuntimeFailure:
+            except (RuntimeFailure, FileNotFoundError):
                 continue  # removed meanwhile
         return out
 
@@ -173,8 +173,11 @@ class ShimmedRuntime:
     def stop(self, container_id: str, grace_seconds: float) -> None:
         """SIGTERM, then SIGKILL once the grace period is over (the kubelet's termination)."""
         state = StateDir(self.root, container_id)
-        if self.status(container_id).state == "exited":
-            return
+        try:
+            if self.status(container_id).state == "exited":
+                return
+        except RuntimeFailure:
+            return  # removed meanwhile: nothing left to stop
         if grace_seconds > 0:
             self._signal(state, signal.SIGTERM)
             if self.wait_exited(container_id, grace_seconds):
@@ -184,13 +187,19 @@ class ShimmedRuntime:
             raise RuntimeFailure(f"container {container_id} survived SIGKILL")
 
     def remove(self, container_id: str) -> None:
+        """Idempotent, and safe against a concurrent remove of the same container (the kubelet's
+        orphan sweep and a pod worker may both get there): whoever loses finds files gone."""
         state = StateDir(self.root, container_id)
         if not os.path.isdir(state.path):
             return
-        if state.exists() and self.status(container_id).state != "exited":
-            self.stop(container_id, 0)
-        self._cleanup(state)
-        _remove_state(state)
+        try:
+            if state.exists() and self.status(container_id).state != "exited":
+                self.stop(container_id, 0)
+            self._cleanup(state)
+            _remove_state(state)
+        except (FileNotFoundError, RuntimeFailure):
+            if os.path.isdir(state.path) and state.exists():
+                raise  # not a concurrent removal: something is really wrong
 
 
 def _remove_state(state: StateDir) -> None:
