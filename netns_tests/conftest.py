@@ -98,3 +98,14 @@ def client(apiserver: ApiServerProcess) -> Iterator[Client]:
     c = Client.from_config(load_kubeconfig(apiserver.kubeconfig()))
     yield c
     c.close()
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Iterator[Path]:
+    """A `podnet up` state dir; a test that failed half-way still leaves nothing behind."""
+    from netns_tests.podnet_cli import podnet
+
+    d = tmp_path / "cluster"
+    yield d
+    if (d / "manifest.json").exists():
+        podnet("down", "--state-dir", str(d))

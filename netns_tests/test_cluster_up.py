@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from itertools import permutations
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import pytest
 
 from netns_tests.apiserver_fixtures import kubectl_binary
 from netns_tests.cluster_fixtures import HTTP_PORT, NETEXEC, netexec_container
+from netns_tests.podnet_cli import podnet, root_snapshot
 from podnet import execs
 from podnet.api.client import NODES, PODS, Client
 from podnet.api.kubeconfig import load_kubeconfig
@@ -36,29 +36,7 @@ from podnet.testing.wait import wait_until
 
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(not up.kubelet_available(), reason="podnet-kubelet is not installed")]
-PODNET = str(Path(sys.executable).parent / "podnet")
 NODE_COUNT, REPLICAS = 3, 6
-
-
-def podnet(*args: str, timeout: float = 100) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PODNET, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def root_snapshot(prefix: str) -> dict[str, object]:
-    """What `down` must give back: root netns links and nft tables, and our namespaces."""
-    links = execs.run(["ip", "-br", "link"]).stdout.splitlines()
-    names = execs.run(["ip", "netns", "list"]).stdout.split()
-    return {"links": sorted(line.split()[0] for line in links),
-            "nft": execs.run(["nft", "list", "tables"]).stdout,
-            "netns": sorted(n for n in names if n.startswith(prefix))}
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Iterator[Path]:
-    d = tmp_path / "cluster"
-    yield d
-    if (d / "manifest.json").exists():  # a failed test still leaves nothing behind
-        podnet("down", "--state-dir", str(d))
 
 
 def get_in(netns: str, url: str) -> str:

@@ -14,13 +14,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from netns_tests.apiserver_fixtures import kubectl_binary
+from netns_tests.podnet_cli import PODNET, podnet, root_snapshot
 from podnet import execs, netns
 from podnet.api.client import PODS, Client
 from podnet.api.kubeconfig import load_kubeconfig
@@ -32,34 +31,12 @@ from podnet.testing.etcd import EtcdProcess, free_port
 from podnet.testing.harness import Topology
 from podnet.testing.wait import wait_until
 
-PODNET = str(Path(sys.executable).parent / "podnet")
 SHELL = "echo started netexec-{}; exec " + PODNET + " agnhost netexec"
-
-
-def podnet(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PODNET, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def snapshot(prefix: str) -> dict[str, object]:
-    """The root namespace as other tests leave it alone: links and nft tables; plus our netns."""
-    links = execs.run(["ip", "-br", "link"]).stdout.splitlines()
-    names = execs.run(["ip", "netns", "list"]).stdout.split()
-    return {"links": sorted(line.split()[0] for line in links),
-            "nft": execs.run(["nft", "list", "tables"]).stdout,
-            "netns": sorted(n for n in names if n.startswith(prefix))}
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Iterator[Path]:
-    d = tmp_path / "cluster"
-    yield d
-    if (d / "manifest.json").exists():  # a failed test still leaves nothing behind
-        podnet("down", "--state-dir", str(d))
 
 
 def test_up_status_kubectl_pods_and_down_leaves_nothing(state_dir: Path, topo: Topology) -> None:
     prefix = P.prefix_for(str(state_dir))
-    before = snapshot(prefix)
+    before = root_snapshot(prefix)
     port = free_port()
     res = podnet("up", "--nodes", "2", "--no-kubelet", "--state-dir", str(state_dir),
                  "--api-port", str(port), "--timeout", "60")
@@ -84,7 +61,7 @@ def test_up_status_kubectl_pods_and_down_leaves_nothing(state_dir: Path, topo: T
     assert not any(is_alive(p) for p in manifest.processes)
     assert not state_dir.exists()
     assert not (Path(P.RUN_ROOT) / prefix).exists()
-    assert snapshot(prefix) == before
+    assert root_snapshot(prefix) == before
     assert "no cluster" in podnet("down", "--state-dir", str(state_dir)).stderr
 
 
@@ -147,7 +124,7 @@ def test_kubelets_run_pods_across_nodes_and_down_removes_them_without_the_api(
     """Pods bound to each node run `podnet agnhost netexec` and reach each other; then the API
     server dies, so `down` cannot drain: it still removes the pods' containers and sandboxes."""
     prefix = P.prefix_for(str(state_dir))
-    before = snapshot(prefix)
+    before = root_snapshot(prefix)
     res = podnet("up", "--nodes", "2", "--state-dir", str(state_dir), "--api-port", str(free_port()),
                  "--timeout", "60")
     assert res.returncode == 0, res.stderr
@@ -189,7 +166,7 @@ def test_kubelets_run_pods_across_nodes_and_down_removes_them_without_the_api(
         assert not netns.exists(name)
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
-    assert snapshot(prefix) == before
+    assert root_snapshot(prefix) == before
 
 
 def wait_pod_ip(client: Client, name: str) -> str:
@@ -236,10 +213,10 @@ def test_a_failed_up_removes_what_it_created(state_dir: Path) -> None:
     """Nodes not up in time (--timeout 0: flanneld cannot have written subnet.env yet): `up` says
     so, exits 1 and undoes everything from its manifest."""
     prefix = P.prefix_for(str(state_dir))
-    before = snapshot(prefix)
+    before = root_snapshot(prefix)
     res = podnet("up", "--nodes", "1", "--no-kubelet", "--state-dir", str(state_dir),
                  "--api-port", str(free_port()), "--timeout", "0")
     assert res.returncode == 1
     assert "nodes not up after 0s: node-1" in res.stderr and "removing what was created" in res.stderr
     assert not state_dir.exists()
-    assert snapshot(prefix) == before
+    assert root_snapshot(prefix) == before
