@@ -429,10 +429,13 @@ class WorkerPool:
         # Stop signals stay blocked across fork until the child has its own handlers, so a
         # SIGTERM in between is delivered late rather than lost.
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        # The parent's PID is taken before fork: a child asking getppid() after a kill -9 of the
+        # parent would get its new reaper's PID and never notice it was orphaned.
+        parent = os.getpid()
         try:
             pid = os.fork()
             if pid == 0:
-                _worker_main(self.daemon, os.getppid())  # never returns
+                _worker_main(self.daemon, parent)  # never returns
             self.pids[pid] = slot
             self._last_spawn[slot] = time.monotonic()
         finally:
@@ -493,6 +496,8 @@ def _worker_main(daemon: Daemon, parent: int) -> None:
     code = 0
     try:
         _die_with_parent()
+        if os.getppid() != parent:  # died before PR_SET_PDEATHSIG took effect: no signal will come
+            return  # (the finally clause exits)
         stop = _stop_event()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         daemon.serve_in_background()

@@ -145,7 +145,7 @@ def test_kubelets_run_pods_across_nodes_and_down_removes_them_without_the_api(
     assert f"ip {ips[1]}" in text and f"ip {ips[2]}" in text
     sandboxes = {i: sandbox_netns(state_dir, f"node-{i}") for i in (1, 2)}
     wait_until(lambda: execs.run([PODNET, "agnhost", "connect", f"{ips[2]}:8080", "--timeout", "1"],
-                                 netns=sandboxes[1], check=False).returncode == 0, 20, "pod-to-pod TCP")
+                                 netns=sandboxes[1], check=False).returncode == 0, 45, "pod-to-pod TCP")
     hostname = execs.run(["curl", "-s", f"http://{ips[2]}:8080/hostname"], netns=sandboxes[1]).stdout
     assert hostname == "netexec-2"  # the pod's UTS namespace carries its name, as upstream
     kubectl = kubectl_binary(33) or kubectl_binary(31)
