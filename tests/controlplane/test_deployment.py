@@ -12,8 +12,8 @@ from controlplane.controllers import deployment_util as util
 from controlplane.controllers.deployment import DeploymentController, new_replica_set
 from podnet.api.client import DEPLOYMENTS, REPLICASETS, ApiError, Resource
 from podnet.api.informer import object_key
+from tests.controlplane.fakes import FakeCache
 from tests.controlplane.test_deployment_plan import dep
-from tests.controlplane.test_replication import FakeCache
 
 Obj = dict[str, Any]
 

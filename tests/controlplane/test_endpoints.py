@@ -29,7 +29,7 @@ from controlplane.controllers.endpoints import (
     truncate_subsets,
 )
 from podnet.api.client import ENDPOINTS, ApiError, Resource
-from podnet.api.informer import object_key
+from tests.controlplane.fakes import FakeCache
 
 Obj = dict[str, Any]
 
@@ -187,20 +187,6 @@ def test_unchanged_ignores_order_and_omitted_fields() -> None:
 
 
 # ---------------------------------------------------------------------------------- fakes
-class FakeCache:
-    def __init__(self, *objs: Obj) -> None:
-        self.items = {object_key(o): o for o in objs}
-
-    def get(self, key: str) -> Obj | None:
-        return self.items.get(key)
-
-    def list(self) -> list[Obj]:
-        return list(self.items.values())
-
-    def put(self, obj: Obj) -> None:
-        self.items[object_key(obj)] = obj
-
-
 class FakeApi:
     """Records writes, returns them as the server would (a name, a resourceVersion); `fail` maps a
     verb to the ApiError code it raises next."""

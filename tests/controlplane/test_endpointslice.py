@@ -26,7 +26,8 @@ from controlplane.controllers.endpointslice import (
     slice_labels,
 )
 from podnet.api.client import ENDPOINTSLICES, ApiError, Resource
-from tests.controlplane.test_endpoints import FakeCache, make_pod, make_service, ref
+from tests.controlplane.fakes import FakeCache
+from tests.controlplane.test_endpoints import make_pod, make_service, ref
 
 Obj = dict[str, Any]
 HTTP = [{"name": "http", "port": 8080, "protocol": "TCP"}]

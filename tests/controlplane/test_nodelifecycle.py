@@ -28,7 +28,7 @@ from controlplane.controllers.nodelifecycle import (
     with_default_tolerations,
 )
 from podnet.api.client import LEASES, NODES, PODS, ApiError, Resource
-from podnet.api.informer import object_key
+from tests.controlplane.fakes import FakeCache
 
 Obj = dict[str, Any]
 NOW = "2026-11-27T12:00:00Z"
@@ -216,20 +216,6 @@ def test_not_ready_pod_conditions() -> None:
 
 
 # ---------------------------------------------------------------------------------- the controller
-class FakeCache:
-    def __init__(self, *objs: Obj) -> None:
-        self.items = {object_key(o): o for o in objs}
-
-    def get(self, key: str) -> Obj | None:
-        return self.items.get(key)
-
-    def list(self) -> list[Obj]:
-        return list(self.items.values())
-
-    def put(self, obj: Obj) -> None:
-        self.items[object_key(obj)] = obj
-
-
 def _merge(target: Obj, patch: Mapping[str, Any]) -> None:
     for key, value in patch.items():
         if value is None:

@@ -17,7 +17,8 @@ from controlplane.controllers.replication import (
     rank_for_deletion,
 )
 from podnet.api.client import PODS, REPLICASETS, ApiError
-from tests.controlplane.test_replication import FakeApi, FakeCache, make_pod, ref
+from tests.controlplane.fakes import FakeCache
+from tests.controlplane.test_replication import FakeApi, make_pod, ref
 
 Obj = dict[str, Any]
 UID = "rs-uid-1"

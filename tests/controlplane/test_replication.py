@@ -22,7 +22,7 @@ from controlplane.controllers.replication import (
     status_changed,
 )
 from podnet.api.client import PODS, REPLICATIONCONTROLLERS, ApiError, Resource
-from podnet.api.informer import object_key
+from tests.controlplane.fakes import FakeCache
 
 Obj = dict[str, Any]
 UID = "rc-uid-1"
@@ -61,20 +61,6 @@ def make_pod(name: str, labels: Mapping[str, str] | None = None, owner: Obj | No
 
 
 # ---------------------------------------------------------------------------------- fakes
-class FakeCache:
-    def __init__(self, *objs: Obj) -> None:
-        self.items = {object_key(o): o for o in objs}
-
-    def get(self, key: str) -> Obj | None:
-        return self.items.get(key)
-
-    def list(self) -> list[Obj]:
-        return list(self.items.values())
-
-    def put(self, obj: Obj) -> None:
-        self.items[object_key(obj)] = obj
-
-
 class FakeApi:
     """Records writes; `fail` maps a verb to the ApiError code its next calls raise."""
 
